@@ -1,0 +1,56 @@
+"""lightning_focal: exact, fused focal losses as a first-class part of PyTorch Lightning.
+
+The loss core (:mod:`lightning_focal.losses`) is pure PyTorch; the Lightning glue is
+imported lazily, and nothing here imports timm, wandb or hydra.
+
+Example:
+    >>> import torch
+    >>> import lightning_focal as lf
+    >>> lf.softmax_focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]), gamma=2.0)
+    tensor(0.4883)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .losses import (
+    FocalLoss,
+    SampleDependentGamma,
+    class_balanced_weights,
+    flsd53,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FocalLossMixin": "lightning_focal.mixin",
+    "GammaWarmup": "lightning_focal.callbacks",
+    "ClassBalancedAlpha": "lightning_focal.callbacks",
+    "FocalBiasInit": "lightning_focal.callbacks",
+    "CalibrationGamma": "lightning_focal.callbacks",
+}
+
+__all__ = [
+    "CalibrationGamma",
+    "ClassBalancedAlpha",
+    "FocalBiasInit",
+    "FocalLoss",
+    "FocalLossMixin",
+    "GammaWarmup",
+    "SampleDependentGamma",
+    "__version__",
+    "class_balanced_weights",
+    "flsd53",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_focal' has no attribute {name!r}")
