@@ -1,0 +1,10 @@
+"""Lightning callbacks that steer focal loss: γ schedules, class-balanced α, bias prior, calibration."""
+
+from __future__ import annotations
+
+from .calibration_gamma import CalibrationGamma
+from .class_balanced_alpha import ClassBalancedAlpha
+from .focal_bias_init import FocalBiasInit
+from .gamma_warmup import GammaWarmup
+
+__all__ = ["CalibrationGamma", "ClassBalancedAlpha", "FocalBiasInit", "GammaWarmup"]

@@ -1,0 +1,111 @@
+"""``GammaWarmup``: drive γ of every focal loss in the module from a schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from ..schedules import GammaSchedule
+from ._common import mixin_logs_gamma, require_focal_losses
+
+__all__ = ["GammaWarmup"]
+
+
+class GammaWarmup(Callback):
+    """Set γ of every :class:`~lightning_focal.FocalLoss` in the module from ``schedule``.
+
+    γ at optimiser step t is ``schedule(t, total)``, a pure function of t: every DDP rank
+    computes the same value without communication, and a run resumed from a mid-warmup
+    checkpoint sees exactly the values an uninterrupted run sees. It is written in place
+    into the loss buffers in ``on_train_batch_start``, so a compiled model does not
+    recompile.
+
+    Args:
+        schedule: a :class:`~lightning_focal.schedules.GammaSchedule`.
+        interval: ``"step"`` counts optimiser steps (``trainer.global_step``; gradient
+            accumulation does not skew it), total = ``trainer.estimated_stepping_batches``;
+            ``"epoch"`` counts epochs, total = ``trainer.max_epochs``.
+        log: log ``focal/gamma`` (mean over classes) on each step, unless the module's
+            :class:`~lightning_focal.FocalLossMixin` diagnostics already do.
+
+    Example:
+        >>> from lightning_focal.callbacks import GammaWarmup
+        >>> from lightning_focal.schedules import LinearWarmup
+        >>> GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100))
+        GammaWarmup(schedule=LinearWarmup(...), interval='step')
+    """
+
+    def __init__(self, schedule: GammaSchedule, interval: str = "step", log: bool = True) -> None:
+        if not isinstance(schedule, GammaSchedule):
+            raise TypeError(
+                f"schedule must be a lightning_focal.schedules.GammaSchedule, got {type(schedule).__name__}"
+            )
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}")
+        self.schedule = schedule
+        self.interval = interval
+        self.log = log
+        self.last_step: int = -1
+        self.last_gamma: float | list[float] | None = None
+        self._losses: list = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r})"
+
+    def _progress(self, trainer: pl.Trainer) -> tuple[int, int | float | None]:
+        if self.interval == "step":
+            total = trainer.estimated_stepping_batches
+            return trainer.global_step, (total if total != float("inf") else None)
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        return trainer.current_epoch, max_epochs
+
+    def gamma_at(self, trainer: pl.Trainer) -> float | list[float]:
+        """γ for the trainer's current progress."""
+        step, total = self._progress(trainer)
+        return self.schedule(step, total)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        losses = require_focal_losses(pl_module, "GammaWarmup")
+        policies = [n for n, loss in losses.items() if loss.gamma_policy is not None]
+        if policies:
+            raise MisconfigurationException(
+                f"GammaWarmup cannot schedule {policies}: they use a sample-dependent γ policy"
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._losses = list(require_focal_losses(pl_module, "GammaWarmup").values())
+        _, total = self._progress(trainer)
+        try:
+            self.schedule.validate(total)
+        except ValueError as err:
+            raise MisconfigurationException(f"GammaWarmup: invalid schedule: {err}") from err
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step, _ = self._progress(trainer)
+        gamma = self.gamma_at(trainer)
+        for loss in self._losses:
+            loss.set_gamma(gamma)
+        self.last_step, self.last_gamma = step, gamma
+        if self.log and not mixin_logs_gamma(pl_module):
+            value = sum(gamma) / len(gamma) if isinstance(gamma, list) else gamma
+            pl_module.log("focal/gamma", float(value), on_step=True, on_epoch=False, batch_size=1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "last_gamma": self.last_gamma, "interval": self.interval}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict.get("last_step", -1))
+        self.last_gamma = state_dict.get("last_gamma")
