@@ -140,7 +140,8 @@ class FocalLossMixin:
     def _focal_loss_hook(
         self, name: str, module: FocalLoss, args: tuple, kwargs: dict, output: Tensor
     ) -> None:
-        if not module.training or getattr(self, "_trainer", None) is None:
+        trainer = getattr(self, "_trainer", None)
+        if not module.training or trainer is None or not trainer.training:
             return
         if len(args) < 2:
             return
