@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import lightning as L
@@ -17,8 +18,8 @@ def load_example():
 
 def test_focal_version_differs_from_plain_in_three_lines():
     source = EXAMPLE.read_text()
-    marked = [line for line in source.splitlines() if "# (" in line and ")" in line.split("# (")[1][:3]]
-    assert len(marked) == 3
+    marked = re.findall(r"  # \((\d)\)", source)
+    assert marked == ["1", "2", "3"]
 
 
 def test_example_runs_and_reports(capsys):
