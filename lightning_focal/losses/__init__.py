@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from ._backend import get_backend, set_backend
 from .class_weights import class_balanced_weights
+from .dense_focal import DenseFocalLoss
 from .focal_loss import FocalLoss
 from .gamma_policy import SampleDependentGamma, flsd53
 from .sigmoid_focal import sigmoid_focal_loss
 from .softmax_focal import softmax_focal_loss
 
 __all__ = [
+    "DenseFocalLoss",
     "FocalLoss",
     "SampleDependentGamma",
     "class_balanced_weights",

@@ -66,6 +66,8 @@ def focal_diagnostics(
     p = torch.sigmoid(x)
     p_t = p * t + (1.0 - p) * (1.0 - t)
     g = policy_gamma(p_t, policy) if policy is not None else gamma.float()
+    if weight is not None and weight.dim() == x.dim() - 1:
+        weight = weight.unsqueeze(-1)
     mask = torch.ones_like(x) if weight is None else (weight.detach() > 0).float().expand_as(x)
     count = mask.sum().clamp_min(1.0)
     mod = torch.pow((1.0 - p_t).clamp_min(0.0), g)

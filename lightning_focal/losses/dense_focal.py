@@ -1,0 +1,122 @@
+"""``DenseFocalLoss``: the classification loss of dense detectors (RetinaNet, FCOS)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .focal_loss import FocalLoss
+from .gamma_policy import SampleDependentGamma
+from .sigmoid_focal import sigmoid_focal_loss
+
+__all__ = ["DenseFocalLoss", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("batch", "per_image")
+
+
+class DenseFocalLoss(FocalLoss):
+    """Sigmoid focal loss over anchors, summed and divided by the number of positive anchors.
+
+    Logits and one-hot targets are class-last, ``(N, anchors, C)``; an optional ``weight``
+    of shape ``(N, anchors)`` (or broadcastable to the logits) drops ignored anchors (the
+    band between the matcher's IoU thresholds). An anchor is positive when any class target
+    is > 0. Being a :class:`FocalLoss`, γ and α are buffers that the callbacks
+    (``GammaWarmup``, ``ClassBalancedAlpha``) schedule in place.
+
+    Normalisation:
+
+    * ``"batch"`` (detectron2, torchvision FCOS): the summed loss over the batch divided by
+      the number of positive anchors, averaged over DDP ranks when a process group is
+      initialised (``sync=True``; DDP already averages the gradients over ranks), optionally
+      smoothed by an exponential moving average (``ema_momentum``, detectron2 uses 0.9),
+      and clamped to >= 1.
+    * ``"per_image"`` (torchvision RetinaNet): each image's summed loss divided by
+      max(1, its positives), averaged over images. With α=0.25, γ=2 this equals
+      ``RetinaNetClassificationHead.compute_loss``.
+
+    Args:
+        gamma, alpha, poly1, num_classes: as for :class:`FocalLoss` (``alpha`` defaults to
+            RetinaNet's 0.25; ``None`` switches it off).
+        normalization: ``"batch"`` or ``"per_image"``.
+        sync: average the batch normaliser across DDP ranks.
+        ema_momentum: ``None`` or m in [0, 1): normaliser <- m·normaliser + (1-m)·positives.
+
+    Example:
+        >>> import torch
+        >>> loss = DenseFocalLoss(normalization="batch")
+        >>> logits = torch.full((1, 4, 2), -4.0)
+        >>> targets = torch.zeros(1, 4, 2); targets[0, 0, 1] = 1.0
+        >>> round(float(loss(logits, targets)), 4), int(loss.last_num_positives)
+        (0.9688, 1)
+    """
+
+    def __init__(
+        self,
+        gamma: float | Sequence[float] | Tensor | SampleDependentGamma = 2.0,
+        alpha: float | Sequence[float] | Tensor | None = 0.25,
+        *,
+        normalization: str = "batch",
+        sync: bool = True,
+        ema_momentum: float | None = None,
+        poly1: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__("sigmoid", gamma, alpha, "sum", poly1=poly1, num_classes=num_classes)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+        if ema_momentum is not None and not 0.0 <= ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
+        if ema_momentum is not None and normalization != "batch":
+            raise ValueError("ema_momentum applies to normalization='batch'")
+        self.normalization = normalization
+        self.sync = sync
+        self.ema_momentum = ema_momentum
+        self.register_buffer("normalizer_ema", torch.tensor(-1.0))
+        self.last_num_positives = torch.tensor(0.0)
+        self.last_normalizer = torch.tensor(1.0)
+
+    def _batch_normalizer(self, num_pos: Tensor) -> Tensor:
+        if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            num_pos = num_pos.clone()
+            dist.all_reduce(num_pos, op=dist.ReduceOp.SUM)
+            num_pos = num_pos / dist.get_world_size()
+        if self.ema_momentum is not None:
+            with torch.no_grad():
+                m = self.ema_momentum
+                ema = self.normalizer_ema.to(num_pos.dtype)
+                value = torch.where(ema < 0, num_pos, m * ema + (1.0 - m) * num_pos)
+                if self.training:
+                    self.normalizer_ema.copy_(value)
+                num_pos = value
+        return num_pos.clamp_min(1.0)
+
+    def forward(  # type: ignore[override]
+        self, input: Tensor, target: Tensor, *, weight: Tensor | None = None, normalizer: float | Tensor | None = None
+    ) -> Tensor:
+        """Loss of ``(N, anchors, C)`` logits; ``normalizer`` overrides the positive count."""
+        if input.dim() != 3:
+            raise ValueError(f"DenseFocalLoss expects (N, anchors, C) logits, got shape {tuple(input.shape)}")
+        if weight is not None and weight.dim() == 2:
+            weight = weight.unsqueeze(-1)
+        positive = (target > 0).any(dim=-1)
+        if weight is not None:
+            positive = positive & (weight.squeeze(-1) > 0) if weight.shape[-1] == 1 else positive
+        per_image = positive.sum(dim=1).to(torch.float32)
+        self.last_num_positives = per_image.sum().detach()
+        gamma = self._gamma_arg()
+        if normalizer is not None:
+            norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
+            self.last_normalizer = norm.detach()
+            return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=weight, normalizer=norm, poly1=self.poly1)
+        if self.normalization == "per_image":
+            scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
+            scale = scale.view(-1, 1, 1)
+            w = scale if weight is None else weight.to(scale.dtype) * scale
+            self.last_normalizer = per_image.clamp_min(1.0).mean().detach()
+            return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=w, poly1=self.poly1)
+        norm = self._batch_normalizer(per_image.sum())
+        self.last_normalizer = norm.detach()
+        return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=weight, normalizer=norm, poly1=self.poly1)
