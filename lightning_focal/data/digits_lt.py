@@ -1,0 +1,251 @@
+"""Long-tailed, noisy scikit-learn digits: a classification benchmark that runs offline in seconds.
+
+scikit-learn ships the 1,797 8x8 digit images of ``load_digits`` with the package, so this
+datamodule needs no download. Clean digits are too easy for losses to differ (a model fits
+the one to three tail images exactly); fixed additive Gaussian pixel noise makes the classes
+overlap, and then class weighting and focusing show their effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_focal.data.class_counts import counts_from_targets
+from lightning_focal.data.longtail import PROFILES, longtail_counts, longtail_indices
+
+__all__ = ["DigitsLTDataModule"]
+
+_NUM_CLASSES = 10
+_SMALLEST_CLASS = 174  # class 8 of load_digits; the others have 177 to 183 images
+
+
+@dataclass(frozen=True)
+class _DigitsPlan:
+    images: Tensor  # (N, 8, 8) float32, raw intensities 0..16
+    targets: Tensor  # (N,) int64
+    train_indices: Tensor
+    val_indices: Tensor
+    test_indices: Tensor
+
+
+class DigitsLTDataModule(L.LightningDataModule):
+    """scikit-learn's digits, made long-tailed and noisy, as a ``LightningDataModule``.
+
+    Splits, all drawn from one generator seeded with ``seed`` and disjoint by index:
+
+    1. test: ``test_per_class`` images of every class (balanced), taken out first;
+    2. val: the next ``val_per_class`` images of every class (balanced);
+    3. train: the rest is the pool; class ``c`` keeps ``longtail_counts(n_max, 10,
+       imbalance_ratio, profile)[c]`` of its pool images, with ``n_max`` the smallest
+       class's pool size (104 with the defaults), so digit 0 is the head and 9 the tail.
+
+    Images are standardised per pixel with the mean and standard deviation of the train
+    split (a pixel that is constant in train is only centred, as in scikit-learn's
+    ``StandardScaler``), then get additive Gaussian noise of standard deviation
+    ``noise_std`` on the standardised 8x8 pixels, then are upsampled bilinearly to
+    ``image_size`` and replicated to ``in_chans`` channels. The noise is drawn once per
+    image, in ``setup``, from a generator seeded with ``seed``: it is part of the data, the
+    same every epoch and on every DDP rank, and ``noise_std`` only scales the one draw.
+
+    All tensors are held in memory (``TensorDataset``). ``train_dataloader`` shuffles with a
+    generator seeded with ``seed``; under DDP Lightning swaps in a ``DistributedSampler``
+    (seeded by ``seed_everything``). val and test are not shuffled.
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: ``DataLoader`` workers.
+        seed: seed of the splits, the subsampling, the noise and the train shuffle.
+        imbalance_ratio: head count over tail count of the train split, at least 1.
+        profile: long-tail profile, ``"exp"`` or ``"step"``.
+        image_size: side of the upsampled square images.
+        in_chans: channels; the grey image is replicated.
+        noise_std: standard deviation of the pixel noise on standardised pixels; 0 for
+            clean images.
+        test_per_class: balanced test images per class.
+        val_per_class: balanced validation images per class.
+
+    Example:
+        >>> from lightning_focal.data import DigitsLTDataModule
+        >>> dm = DigitsLTDataModule(batch_size=16)
+        >>> dm.class_counts()
+        tensor([104,  62,  37,  22,  13,   8,   4,   2,   1,   1])
+        >>> dm.setup("fit")
+        >>> images, targets = next(iter(dm.train_dataloader()))
+        >>> images.shape, targets.dtype
+        (torch.Size([16, 3, 32, 32]), torch.int64)
+        >>> len(dm.val_set), len(dm.test_set)
+        (200, 500)
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        imbalance_ratio: float = 100.0,
+        profile: str = "exp",
+        image_size: int = 32,
+        in_chans: int = 3,
+        noise_std: float = 1.0,
+        test_per_class: int = 50,
+        val_per_class: int = 20,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        if not imbalance_ratio >= 1.0:
+            raise ValueError(f"imbalance_ratio must be at least 1, got {imbalance_ratio}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown long-tail profile {profile!r}; expected one of {PROFILES}")
+        if image_size < 1 or in_chans < 1:
+            raise ValueError(
+                f"image_size and in_chans must be at least 1, got {image_size} and {in_chans}"
+            )
+        if not noise_std >= 0.0:
+            raise ValueError(f"noise_std must be non-negative, got {noise_std}")
+        if test_per_class < 0 or val_per_class < 0:
+            raise ValueError(
+                f"test_per_class and val_per_class must be non-negative, got {test_per_class} "
+                f"and {val_per_class}"
+            )
+        if test_per_class + val_per_class >= _SMALLEST_CLASS:
+            raise ValueError(
+                f"test_per_class + val_per_class = {test_per_class + val_per_class} leaves no "
+                f"training images for the smallest digit class ({_SMALLEST_CLASS} images)"
+            )
+        self.save_hyperparameters()
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+        self._plan: _DigitsPlan | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: 10.
+
+        Example:
+            >>> DigitsLTDataModule().num_classes
+            10
+        """
+        return _NUM_CLASSES
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the classes, the digits as strings, index = class.
+
+        Example:
+            >>> DigitsLTDataModule().class_names[:3]
+            ['0', '1', '2']
+        """
+        return [str(c) for c in range(_NUM_CLASSES)]
+
+    def _get_plan(self) -> _DigitsPlan:
+        """Load the digits and draw the split indices (cheap; cached)."""
+        if self._plan is not None:
+            return self._plan
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32)
+        targets = torch.as_tensor(digits.target, dtype=torch.int64)
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.seed)
+        test, val, pool = [], [], []
+        for c in range(_NUM_CLASSES):
+            class_indices = torch.nonzero(targets == c).flatten()
+            shuffled = class_indices[torch.randperm(class_indices.numel(), generator=generator)]
+            test.append(shuffled[: hp.test_per_class])
+            val.append(shuffled[hp.test_per_class : hp.test_per_class + hp.val_per_class])
+            pool.append(shuffled[hp.test_per_class + hp.val_per_class :])
+        pool_indices = torch.cat(pool).sort().values
+        n_max = min(p.numel() for p in pool)
+        counts = longtail_counts(n_max, _NUM_CLASSES, hp.imbalance_ratio, hp.profile)
+        kept = longtail_indices(targets[pool_indices], counts, seed=hp.seed)
+        self._plan = _DigitsPlan(
+            images=images,
+            targets=targets,
+            train_indices=pool_indices[kept],
+            val_indices=torch.cat(val).sort().values,
+            test_indices=torch.cat(test).sort().values,
+        )
+        return self._plan
+
+    def class_counts(self) -> Tensor:
+        """Images per class of the train split (int64, shape ``(10,)``); needs no ``setup``.
+
+        Example:
+            >>> DigitsLTDataModule(imbalance_ratio=10.0).class_counts()
+            tensor([104,  80,  62,  48,  37,  28,  22,  17,  13,  10])
+        """
+        plan = self._get_plan()
+        return counts_from_targets(plan.targets[plan.train_indices], _NUM_CLASSES)
+
+    def prepare_data(self) -> None:
+        """Nothing to do: the digits ship with scikit-learn."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build all three splits as in-memory ``TensorDataset``\\ s (once; later calls return).
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None``; every
+                stage builds every split, which takes a few milliseconds.
+        """
+        if self.train_set is not None:
+            return
+        plan = self._get_plan()
+        hp = self.hparams
+        train_images = plan.images[plan.train_indices]
+        mean = train_images.mean(dim=0)
+        std = train_images.std(dim=0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        noise_generator = torch.Generator().manual_seed(hp.seed)
+        noise = torch.randn(plan.images.shape, generator=noise_generator) * hp.noise_std
+        pixels = (plan.images - mean) / std + noise
+
+        def dataset(indices: Tensor) -> TensorDataset:
+            images = pixels[indices].unsqueeze(1)
+            if hp.image_size != images.shape[-1]:
+                images = F.interpolate(
+                    images,
+                    size=(hp.image_size, hp.image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+            images = images.repeat(1, hp.in_chans, 1, 1)
+            return TensorDataset(images, plan.targets[indices])
+
+        self.train_set = dataset(plan.train_indices)
+        self.val_set = dataset(plan.val_indices)
+        self.test_set = dataset(plan.test_indices)
+
+    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("DigitsLTDataModule: call setup() before asking for a dataloader")
+        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled train batches ``(images (B, in_chans, S, S), targets (B,))``."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Balanced validation batches, in a fixed order."""
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Balanced test batches, in a fixed order."""
+        return self._loader(self.test_set, shuffle=False)
