@@ -1,0 +1,168 @@
+"""``TimmClassifier``: any timm image classifier trained with focal loss through the mixin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from ..losses import SampleDependentGamma
+from ..metrics import classification_metrics, per_class_recall_metric
+from ..mixin import FocalLossMixin
+
+__all__ = ["TimmClassifier", "reliability_bins"]
+
+
+def _gamma_arg(gamma: Any) -> Any:
+    """γ from config: a float, a per-class list, or {thresholds, gammas} for a sample-dependent policy."""
+    if isinstance(gamma, dict) or (hasattr(gamma, "keys") and "gammas" in gamma):
+        return SampleDependentGamma(tuple(gamma["thresholds"]), tuple(gamma["gammas"]))
+    if isinstance(gamma, (list, tuple)) or (hasattr(gamma, "__len__") and not isinstance(gamma, str)):
+        return [float(g) for g in gamma]
+    return float(gamma)
+
+
+def reliability_bins(confidence: Tensor, correct: Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin mean confidence, accuracy and count of top-label predictions.
+
+    Example:
+        >>> bins = reliability_bins(torch.tensor([0.95, 0.95, 0.25]), torch.tensor([1, 0, 1]), n_bins=2)
+        >>> bins["accuracy"], bins["count"]
+        ([1.0, 0.5], [1.0, 2.0])
+    """
+    edges = torch.linspace(0, 1, n_bins + 1)
+    index = torch.bucketize(confidence.float().clamp(0, 1), edges[1:-1], right=True)
+    count = torch.bincount(index, minlength=n_bins).float()
+    conf_sum = torch.bincount(index, weights=confidence.float(), minlength=n_bins)
+    acc_sum = torch.bincount(index, weights=correct.float(), minlength=n_bins)
+    safe = count.clamp_min(1)
+    return {
+        "confidence": (conf_sum / safe).tolist(),
+        "accuracy": (acc_sum / safe).tolist(),
+        "count": count.tolist(),
+        "edges": edges.tolist(),
+    }
+
+
+class TimmClassifier(FocalLossMixin, pl.LightningModule):
+    """A ``timm.create_model`` classifier trained with (focal) loss, with the app's metrics.
+
+    γ=0 gives exactly cross-entropy through the same code path, so CE and focal runs differ
+    only in their settings. Logs ``train/loss``, ``val/loss``, ``val/acc``,
+    ``val/balanced_acc`` (macro recall), ``val/ece``, ``test/...`` likewise, and per-class
+    recall ``test/recall/<class>``.
+
+    Args:
+        model_name: any ``timm.create_model`` name (``test_resnet`` is tiny, for CPUs).
+        num_classes: classes of the head.
+        pretrained: load timm's pretrained weights (needs internet the first time).
+        in_chans: input channels.
+        gamma: float, per-class list, or ``{"thresholds": [...], "gammas": [...]}`` (FLSD-53).
+        alpha: per-class weights or ``None`` (``ClassBalancedAlpha`` sets them from data).
+        label_smoothing: as in ``cross_entropy``.
+        poly1: Poly-1 ε.
+        optimizer: callable taking the parameters (Hydra ``_partial_: true``); AdamW(1e-3) if None.
+        scheduler: optional callable taking the optimizer; stepped every optimiser step.
+        class_names: names for per-class metrics.
+        model_kwargs: extra keyword arguments of ``timm.create_model``.
+
+    Example:
+        >>> model = TimmClassifier("test_resnet", num_classes=4, gamma=2.0)
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        model_name: str = "test_resnet",
+        num_classes: int = 10,
+        pretrained: bool = False,
+        in_chans: int = 3,
+        gamma: float | Sequence[float] | dict[str, Sequence[float]] = 2.0,
+        alpha: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        poly1: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        import timm  # the train extra; not imported by `import lightning_focal`
+
+        self.net = timm.create_model(
+            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {})
+        )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.configure_focal_loss(
+            "softmax",
+            gamma=_gamma_arg(gamma),
+            alpha=None if alpha is None else [float(a) for a in alpha],
+            label_smoothing=label_smoothing,
+            poly1=poly1,
+            num_classes=num_classes,
+            bias_layer=None,
+        )
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.test_recall = per_class_recall_metric(num_classes, self.class_names, "test/")
+        self._test_conf: list[Tensor] = []
+        self._test_correct: list[Tensor] = []
+        self.test_summary: dict[str, Any] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self.focal_loss(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", self.focal_loss(logits, y), sync_dist=True, batch_size=x.shape[0])
+        self.val_metrics.update(logits, y)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=x.shape[0])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("test/loss", self.focal_loss(logits, y), sync_dist=True, batch_size=x.shape[0])
+        self.test_metrics.update(logits, y)
+        self.test_recall.update(logits, y)
+        self.log_dict(self.test_metrics, batch_size=x.shape[0])
+        conf, pred = torch.softmax(logits.float(), dim=1).max(dim=1)
+        self._test_conf.append(conf.detach())
+        self._test_correct.append((pred == y).detach())
+
+    def on_test_epoch_start(self) -> None:
+        self._test_conf.clear()
+        self._test_correct.clear()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_recall.compute())  # synced across ranks by torchmetrics
+        self.test_recall.reset()
+        conf = torch.cat(self._test_conf) if self._test_conf else torch.zeros(0, device=self.device)
+        correct = torch.cat(self._test_correct) if self._test_correct else torch.zeros(0, device=self.device)
+        if self.trainer.world_size > 1:
+            conf = self.all_gather(conf).flatten()
+            correct = self.all_gather(correct).flatten()
+        self.test_summary = {
+            "reliability": reliability_bins(conf.cpu(), correct.cpu()),
+            "class_names": self.class_names,
+        }
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+        optimizer = factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

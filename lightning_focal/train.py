@@ -1,0 +1,88 @@
+"""``lightning-focal-train``: the Hydra command-line app over ``conf/``.
+
+    lightning-focal-train                          # timm classifier, digits_lt, focal + α + γ warmup
+    lightning-focal-train loss=ce schedule=none    # the cross-entropy baseline
+    lightning-focal-train -m loss.gamma=0,1,2      # a sweep, one run each
+    python -m lightning_focal.train --help         # every group and option
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from .app_utils import (
+    config_dir,
+    data_kwargs_for,
+    focal_callbacks,
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_ckpt_path,
+    results_table,
+)
+
+log = logging.getLogger("lightning_focal.train")
+
+__all__ = ["main", "train"]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as ``cfg`` says; return the final metrics (also used by the sweeper).
+
+    Example:
+        >>> callable(train)
+        True
+    """
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    output_dir = cfg.paths.output_dir
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    model: pl.LightningModule = instantiate(cfg.model, **data_kwargs_for(cfg.model, datamodule))
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + focal_callbacks(cfg)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    if cfg.get("test", True):
+        checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        if best is None:
+            log.warning("no best checkpoint was saved: testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/") and v.numel() == 1}
+        metrics.update(tested)
+        if trainer.is_global_zero:
+            print(results_table(tested, f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})"))
+            print(f"run dir: {output_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> Any:
+    """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name and HydraConfig.initialized() and name in metrics:
+        return metrics[name]
+    return None
+
+
+if __name__ == "__main__":
+    main()

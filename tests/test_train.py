@@ -1,0 +1,163 @@
+"""The Hydra app: every config composes and names real constructor arguments; the CLI runs."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+hydra = pytest.importorskip("hydra")
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import get_class  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from lightning_focal.app_utils import config_dir  # noqa: E402
+
+CONF = Path(config_dir())
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_with(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def check_target(node, where: str) -> None:
+    """The node's _target_ imports and accepts every key the node gives."""
+    target = get_class(node["_target_"]) if "." in node["_target_"] else None
+    assert target is not None, where
+    params = inspect.signature(target).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in node if not k.startswith("_") and k not in params]
+    assert not unknown, f"{where}: {target.__name__} has no parameters {unknown}"
+
+
+def test_groups_are_the_documented_ones():
+    assert set(GROUPS) >= {"data", "model", "loss", "schedule", "callbacks", "trainer", "logger", "paths", "hydra", "debug", "experiment"}
+
+
+def test_every_config_file_opens_with_a_comment():
+    for path in CONF.rglob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        if first.startswith("# @package"):
+            first = path.read_text().splitlines()[1]
+        assert first.startswith("# ") and len(first) > 10, path
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in options(g)]
+)
+def test_every_option_composes_and_targets_exist(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "loss" and option == "focal_alpha":
+        overrides.append("loss.alpha=[1.0,2.0]")
+    cfg = compose_with(*overrides)
+    # Everything outside hydra's runtime values resolves.
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert container["defaults"] if "defaults" in container else True
+    for key in ("data", "model", "trainer"):
+        check_target(cfg[key], f"{group}={option}: {key}")
+    for kind in ("callbacks", "logger"):
+        for name, node in (cfg.get(kind) or {}).items():
+            if node is not None:
+                check_target(node, f"{group}={option}: {kind}.{name}")
+    if cfg.get("schedule") is not None:
+        check_target(cfg.schedule, f"{group}={option}: schedule")
+    OmegaConf.resolve(cfg.loss)
+    OmegaConf.resolve(cfg.model)
+
+
+def test_experiments_select_their_loss_and_schedule():
+    cfg = compose_with("experiment=imbalance_ce")
+    assert cfg.loss.gamma == 0.0 and cfg.loss.class_balanced is None and cfg.schedule is None
+    cfg = compose_with("experiment=imbalance_focal_cb_warmup")
+    assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced.method == "effective_number"
+    assert cfg.schedule._target_.endswith("LinearWarmup") and cfg.task_name == "imbalance_focal_cb_warmup"
+
+
+def test_default_config_is_the_documented_job():
+    cfg = compose_with()
+    assert cfg.data._target_.endswith("DigitsLTDataModule") and cfg.data.imbalance_ratio == 100.0
+    assert cfg.model.model_name == "test_resnet" and cfg.model.pretrained is False
+    assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced is not None
+    assert cfg.schedule._target_.endswith("LinearWarmup")
+    assert list(cfg.logger) == ["csv"]
+
+
+def test_slurm_job_id_keys_the_run_dir(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cfg = compose_with()
+    assert cfg.hydra.run.dir.endswith("runs/4242")
+
+
+# ---- the command line, in subprocesses ----------------------------------------------------
+
+
+def run_cli(tmp_path, *args, env_extra=None, check=True):
+    env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_focal.train", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def run_dirs(tmp_path, task="train"):
+    return sorted((tmp_path / "logs" / task / "runs").iterdir())
+
+
+@pytest.mark.timeout(900)
+def test_cli_default_job_with_debug_config_then_resume(tmp_path):
+    proc = run_cli(tmp_path, "debug=fast", "threads=1")
+    (run,) = run_dirs(tmp_path)
+    assert "results (best checkpoint" in proc.stdout and "test/balanced_acc" in proc.stdout
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/loss", "focal/gamma", "focal/modulating", "val/acc", "val/balanced_acc", "val/ece", "test/acc"):
+        assert key in header, key
+    assert {p.name for p in (run / "plots").glob("*.png")} == {"gamma.png", "per_class_recall.png", "reliability.png"}
+    # Resume through the CLI: training continues from step 6 to 9 (not from 0).
+    resumed = run_cli(tmp_path, "debug=fast", "threads=1", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                      "trainer.max_steps=9", "model.scheduler=null")
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2
+    import torch
+
+    state = torch.load(runs[1] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 9
+
+
+@pytest.mark.timeout(600)
+def test_cli_wandb_offline_writes_files(tmp_path):
+    pytest.importorskip("wandb")
+    run_cli(tmp_path, "debug=fast", "threads=1", "logger=wandb", "test=false", env_extra={"WANDB_MODE": "offline"})
+    (run,) = run_dirs(tmp_path)
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, list(run.iterdir())
+    assert list(offline[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.gamm=2", "Could not override 'loss.gamm'"),
+        ("data=nope", "Could not find 'data/nope'"),
+        ("loss.gamma=-1", "gamma must be finite and >= 0"),
+    ],
+)
+def test_bad_override_gives_a_clear_error(tmp_path, override, message):
+    proc = run_cli(tmp_path, override, "debug=fdr", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
