@@ -85,13 +85,15 @@ def test_clean_images_are_standardised_on_train() -> None:
     dm = DigitsLTDataModule(image_size=8, in_chans=1, noise_std=0.0)
     dm.setup()
     pixels = dm.train_set.tensors[0][:, 0]
-    std = pixels.std(dim=0, unbiased=False)
-    varying = std > 0
-    torch.testing.assert_close(pixels.mean(dim=0), torch.zeros(8, 8), atol=1e-5, rtol=0)
-    torch.testing.assert_close(std[varying], torch.ones(int(varying.sum())), atol=1e-4, rtol=0)
-    # image_size=8 means no resampling: the raw digit is recoverable up to the affine map.
+    # One mean and std over every train pixel (not per pixel: see the module's note).
+    assert abs(float(pixels.mean())) < 1e-5
+    assert abs(float(pixels.std(unbiased=False)) - 1.0) < 1e-4
+    # image_size=8 means no resampling: the raw digit is recoverable up to one affine map.
     raw = torch.as_tensor(load_digits().images, dtype=torch.float32)[_plan(dm).train_indices]
-    assert torch.corrcoef(torch.stack([raw[:, 2, 3], pixels[:, 2, 3]]))[0, 1] > 0.9999
+    scale = raw.std(unbiased=False)
+    torch.testing.assert_close(pixels, (raw - raw.mean()) / scale, atol=1e-5, rtol=1e-5)
+    # Held-out pixels stay in a sane range (per-pixel statistics blew them up to ~85).
+    assert float(dm.test_set.tensors[0].abs().max()) < 5.0
 
 
 def test_upsampling_is_bilinear() -> None:

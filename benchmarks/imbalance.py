@@ -1,0 +1,121 @@
+"""Does focal loss help under class imbalance? CE vs focal variants on digits_lt, several seeds.
+
+Runs ``lightning-focal-train experiment=imbalance_<arm> seed=<s> threads=1`` for each arm
+and seed (two runs at a time on two cores), reads the test metrics of the best
+checkpoint from each run's CSV log, and writes a Markdown table and a plot:
+
+    python benchmarks/imbalance.py --seeds 0 1 2 --out benchmarks/results
+
+Arms: cross-entropy, CE with class-balanced weights, focal γ=2, focal with a γ warmup,
+class-balanced focal, class-balanced focal with a γ warmup (the default run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ARMS = {
+    "ce": "cross-entropy",
+    "ce_cb": "CE + class-balanced weights",
+    "focal": "focal γ=2",
+    "focal_warmup": "focal γ=2, γ warmup",
+    "focal_cb": "focal γ=2 + class-balanced α",
+    "focal_cb_warmup": "focal + class-balanced α + γ warmup",
+}
+
+
+def run_one(arm: str, seed: int, root: Path, extra: list[str]) -> dict[str, float]:
+    env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(root / f"{arm}_{seed}"), "OMP_NUM_THREADS": "1"}
+    args = [
+        sys.executable, "-m", "lightning_focal.train", f"experiment=imbalance_{arm}", f"seed={seed}",
+        "threads=1", "callbacks.progress_bar=null", "callbacks.focal_plots=null", "+trainer.enable_progress_bar=false",
+        *extra,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{arm} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    (run,) = (root / f"{arm}_{seed}" / "logs").glob(f"imbalance_{arm}/runs/*")
+    rows = list(csv.DictReader(open(run / "csv" / "version_0" / "metrics.csv")))
+    tested = {k: float(v) for row in rows for k, v in row.items() if k.startswith("test/") and v not in ("", None)}
+    tested["wall_s"] = wall
+    return tested
+
+
+def rarest(metrics: dict[str, float], classes: list[int]) -> float:
+    return statistics.mean(metrics[f"test/recall/{c}"] for c in classes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
+    args = parser.parse_args()
+
+    from lightning_focal.data import DigitsLTDataModule
+
+    counts = DigitsLTDataModule(imbalance_ratio=100.0).class_counts().tolist()
+    rare3 = sorted(range(len(counts)), key=lambda c: (counts[c], c))[:3]
+    root = Path(tempfile.mkdtemp(prefix="imbalance_"))
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: (job, run_one(*job, root, args.extra)), jobs))
+
+    table = ["| loss | balanced acc | recall, 3 rarest | ECE | wall s / run |", "|---|---|---|---|---|"]
+    summary = {}
+    for arm in args.arms:
+        runs = [m for (a, _), m in results if a == arm]
+        bal = [m["test/balanced_acc"] for m in runs]
+        rr = [rarest(m, rare3) for m in runs]
+        ece = [m["test/ece"] for m in runs]
+        wall = [m["wall_s"] for m in runs]
+
+        def fmt(xs: list[float]) -> str:
+            return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+        summary[arm] = (statistics.mean(bal), statistics.mean(rr), statistics.mean(ece))
+        table.append(f"| {ARMS[arm]} | {fmt(bal)} | {fmt(rr)} | {fmt(ece)} | {statistics.median(wall):.0f} |")
+    per_seed = ["", "Balanced accuracy per seed:", ""]
+    for arm in args.arms:
+        per_seed.append(f"- {ARMS[arm]}: " + ", ".join(f"{m['test/balanced_acc']:.3f}" for (a, _), m in results if a == arm))
+    text = "\n".join(table + per_seed)
+    header = (
+        f"digits_lt, imbalance ratio 100, noise σ=1, train counts {counts}, timm test_resnet, 600 steps, "
+        f"seeds {args.seeds}, 1 thread per run; rarest classes {rare3}; mean ± std over seeds.\n\n"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "imbalance.md").write_text(header + text + "\n")
+    print(header + text)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    xs = range(len(args.arms))
+    width = 0.27
+    for i, (label, idx) in enumerate([("balanced acc", 0), ("recall, 3 rarest", 1), ("ECE", 2)]):
+        ax.bar([x + (i - 1) * width for x in xs], [summary[a][idx] for a in args.arms], width, label=label)
+    ax.set_xticks(list(xs), [ARMS[a] for a in args.arms], rotation=20, ha="right", fontsize=8)
+    ax.set_title(f"digits_lt (ratio 100), mean of {len(args.seeds)} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "imbalance.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
