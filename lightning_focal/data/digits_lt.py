@@ -2,7 +2,7 @@
 
 scikit-learn ships the 1,797 8x8 digit images of ``load_digits`` with the package, so this
 datamodule needs no download. Clean digits are too easy for losses to differ (a model fits
-the one to three tail images exactly); fixed additive Gaussian pixel noise makes the classes
+the one to three tail images exactly); additive Gaussian pixel noise makes the classes
 overlap, and then class weighting and focusing show their effect.
 """
 
@@ -14,12 +14,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.data.longtail import PROFILES, longtail_counts, longtail_indices
 
-__all__ = ["DigitsLTDataModule"]
+__all__ = ["DigitsLTDataModule", "NoisyDigits"]
 
 _NUM_CLASSES = 10
 _SMALLEST_CLASS = 174  # class 8 of load_digits; the others have 177 to 183 images
@@ -46,13 +46,14 @@ class DigitsLTDataModule(L.LightningDataModule):
        class's pool size (104 with the defaults), so digit 0 is the head and 9 the tail.
 
     Images are standardised with the mean and standard deviation of all train pixels,
-    then get additive Gaussian noise of standard deviation
-    ``noise_std`` on the standardised 8x8 pixels, then are upsampled bilinearly to
-    ``image_size`` and replicated to ``in_chans`` channels. The noise is drawn once per
-    image, in ``setup``, from a generator seeded with ``seed``: it is part of the data, the
-    same every epoch and on every DDP rank, and ``noise_std`` only scales the one draw.
+    then get additive Gaussian noise of standard deviation ``noise_std`` on the
+    standardised 8x8 pixels, then are upsampled bilinearly to ``image_size`` and replicated
+    to ``in_chans`` channels. Training images get fresh noise on every read
+    (:class:`NoisyDigits`, an augmentation: a fixed draw would be memorised); validation
+    and test images get one draw from a generator seeded with ``seed``, so evaluation is
+    deterministic and the same on every DDP rank.
 
-    All tensors are held in memory (``TensorDataset``). ``train_dataloader`` shuffles with a
+    All tensors are held in memory. ``train_dataloader`` shuffles with a
     generator seeded with ``seed``; under DDP Lightning swaps in a ``DistributedSampler``
     (seeded by ``seed_everything``). val and test are not shuffled.
 
@@ -206,23 +207,19 @@ class DigitsLTDataModule(L.LightningDataModule):
         # long-tailed images are near 0 at the border, which blows up held-out pixels.
         mean = train_images.mean()
         std = train_images.std(unbiased=False).clamp_min(1e-6)
+        standardised = (plan.images - mean) / std
         noise_generator = torch.Generator().manual_seed(hp.seed)
         noise = torch.randn(plan.images.shape, generator=noise_generator) * hp.noise_std
-        pixels = (plan.images - mean) / std + noise
+        held_out = standardised + noise
 
         def dataset(indices: Tensor) -> TensorDataset:
-            images = pixels[indices].unsqueeze(1)
-            if hp.image_size != images.shape[-1]:
-                images = F.interpolate(
-                    images,
-                    size=(hp.image_size, hp.image_size),
-                    mode="bilinear",
-                    align_corners=False,
-                )
-            images = images.repeat(1, hp.in_chans, 1, 1)
-            return TensorDataset(images, plan.targets[indices])
+            return TensorDataset(
+                _upsample(held_out[indices], hp.image_size, hp.in_chans), plan.targets[indices]
+            )
 
-        self.train_set = dataset(plan.train_indices)
+        self.train_set = NoisyDigits(
+            standardised[plan.train_indices], plan.targets[plan.train_indices], hp.noise_std, hp.image_size, hp.in_chans
+        )
         self.val_set = dataset(plan.val_indices)
         self.test_set = dataset(plan.test_indices)
 
@@ -249,3 +246,43 @@ class DigitsLTDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Balanced test batches, in a fixed order."""
         return self._loader(self.test_set, shuffle=False)
+
+
+def _upsample(images: Tensor, image_size: int, in_chans: int) -> Tensor:
+    """(N, 8, 8) -> (N, in_chans, image_size, image_size), bilinear."""
+    images = images.unsqueeze(1)
+    if image_size != images.shape[-1]:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return images.repeat(1, in_chans, 1, 1)
+
+
+class NoisyDigits(Dataset):
+    """Training digits with FRESH Gaussian pixel noise on every read (an augmentation).
+
+    A fixed noise draw is memorised like the clean images (the 1-3 tail images are fit
+    exactly and every loss ends at the same accuracy); fresh noise keeps the tail hard.
+    The noise comes from torch's global generator, which ``seed_everything(workers=True)``
+    seeds per rank and worker. ``tensors`` holds the clean standardised 8x8 images and the
+    targets.
+
+    Example:
+        >>> ds = NoisyDigits(torch.zeros(2, 8, 8), torch.tensor([0, 1]), 1.0, 16, 3)
+        >>> x, y = ds[1]; tuple(x.shape), int(y)
+        ((3, 16, 16), 1)
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, noise_std: float, image_size: int, in_chans: int) -> None:
+        self.tensors = (images, targets)
+        self.targets = targets
+        self.noise_std = noise_std
+        self.image_size = image_size
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.tensors[0][index]
+        if self.noise_std > 0:
+            image = image + torch.randn_like(image) * self.noise_std
+        return _upsample(image.unsqueeze(0), self.image_size, self.in_chans)[0], self.targets[index]

@@ -76,7 +76,7 @@ def test_shapes_and_dtypes() -> None:
 
 
 def test_channels_are_replicas(digits_dm: DigitsLTDataModule) -> None:
-    images = digits_dm.train_set.tensors[0]
+    images = torch.stack([digits_dm.train_set[i][0] for i in range(4)] + list(digits_dm.test_set.tensors[0][:4]))
     assert images.shape[1:] == (3, 32, 32)
     assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
 
@@ -84,7 +84,7 @@ def test_channels_are_replicas(digits_dm: DigitsLTDataModule) -> None:
 def test_clean_images_are_standardised_on_train() -> None:
     dm = DigitsLTDataModule(image_size=8, in_chans=1, noise_std=0.0)
     dm.setup()
-    pixels = dm.train_set.tensors[0][:, 0]
+    pixels = dm.train_set.tensors[0]
     # One mean and std over every train pixel (not per pixel: see the module's note).
     assert abs(float(pixels.mean())) < 1e-5
     assert abs(float(pixels.std(unbiased=False)) - 1.0) < 1e-4
@@ -138,10 +138,15 @@ def test_noise_is_fixed_and_scaled() -> None:
     torch.testing.assert_close(x2 - x0, 2 * (x1 - x0), atol=1e-4, rtol=1e-4)
     # Same splits whatever the noise.
     assert torch.equal(clean.test_set.tensors[1], noisy.test_set.tensors[1])
-    # The same sample is the same tensor in every epoch.
-    first_epoch = noisy.train_set[5][0]
-    list(noisy.train_dataloader())
-    assert torch.equal(noisy.train_set[5][0], first_epoch)
+    # Validation and test images are the same tensors every time; training images get
+    # fresh noise on every read (an augmentation), around the clean image.
+    assert torch.equal(noisy.val_set[5][0], noisy.val_set[5][0])
+    torch.manual_seed(0)
+    first, second = noisy.train_set[5][0], noisy.train_set[5][0]
+    assert not torch.equal(first, second)
+    clean_image = clean.train_set[5][0]
+    assert torch.equal(clean.train_set[5][0], clean_image)
+    assert 0.3 < float((first - clean_image).std()) < 1.5
 
 
 def test_noise_has_unit_std_on_standardised_pixels() -> None:
