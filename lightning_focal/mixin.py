@@ -159,6 +159,8 @@ class FocalLossMixin:
             weight=kwargs.get("weight"),
         )
         prefix = "focal" if len(self._focal_loss_names) == 1 else f"focal/{name}"
+        if hasattr(module, "last_normalizer"):
+            stats["normalizer"] = module.last_normalizer.float()
         if module.gamma is not None:
             stats["gamma"] = module.gamma.detach().float().mean()
         batch_size = int(logits.shape[0]) if logits.dim() > 0 else 1

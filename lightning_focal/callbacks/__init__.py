@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .calibration_gamma import CalibrationGamma
 from .class_balanced_alpha import ClassBalancedAlpha
+from .distributed_check import DistributedConsistencyCheck
 from .focal_bias_init import FocalBiasInit
 from .focal_plots import FocalPlots
 from .gamma_warmup import GammaWarmup
 
-__all__ = ["CalibrationGamma", "ClassBalancedAlpha", "FocalBiasInit", "FocalPlots", "GammaWarmup"]
+__all__ = ["CalibrationGamma", "ClassBalancedAlpha", "DistributedConsistencyCheck", "FocalBiasInit", "FocalPlots", "GammaWarmup"]

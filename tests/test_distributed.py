@@ -1,0 +1,83 @@
+"""Real multi-process DDP (2 CPU processes, gloo) through the CLI, as a user launches it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(root), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_focal.train", *args], cwd=root, env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def metric_rows(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(open(run / "csv" / "version_0" / "metrics.csv")))
+
+
+def column(rows, key):
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+
+
+def test_classifier_ddp_cpu_two_processes(tmp_path):
+    from lightning_focal.data import DigitsLTDataModule
+    from lightning_focal.losses import class_balanced_weights
+    from lightning_focal.models.classifier import TimmClassifier
+    from lightning_focal.schedules import LinearWarmup
+
+    common = ["trainer=ddp_cpu", "trainer.devices=2", "debug=fast", "callbacks=ddp_check", "threads=1",
+              "trainer.limit_val_batches=1.0"]
+    run_cli(tmp_path, *common)
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1  # one output dir for both ranks
+    run = runs[0]
+    assert (run / "train_ddp_process_1.log").exists()  # rank 1 ran inside the same dir
+    assert len(list((run / "checkpoints").glob("last*.ckpt"))) == 1
+    rows = metric_rows(run)
+
+    # The same γ on both ranks at every step, and the schedule's value.
+    spread = column(rows, "ddp/focal_spread")
+    assert [s for s, _ in spread] == list(range(6)) and all(v == 0.0 for _, v in spread)
+    schedule = LinearWarmup(start=0.0, end=2.0, fraction=0.3)
+    gammas = column(rows, "focal/gamma")
+    assert gammas and all(g == pytest.approx(schedule(s, 6)) for s, g in gammas)
+
+    # α from the class counts equals the single-process computation.
+    counts = DigitsLTDataModule(imbalance_ratio=100.0).class_counts()
+    expected = class_balanced_weights(counts, "effective_number", 0.999)
+    for c in range(10):
+        (logged,) = {v for _, v in column(rows, f"focal/alpha/{c}")}
+        assert logged == pytest.approx(float(expected[c]), rel=1e-6)
+
+    # Validation metrics are synced: equal to one process evaluating the same weights on all the data.
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    step = last["global_step"]
+    model = TimmClassifier(num_classes=10, gamma=0.0)
+    model.load_state_dict(last["state_dict"])
+    model.eval()
+    dm = DigitsLTDataModule(seed=0)
+    dm.setup()
+    x, y = dm.val_set.tensors
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    acc = float((pred == y).float().mean())
+    logged = [v for s, v in column(rows, "val/acc") if s == step - 1 or s == step]
+    assert logged and logged[-1] == pytest.approx(acc, abs=1e-6)
+
+    # Resume the DDP run from its checkpoint.
+    run_cli(tmp_path, *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=9", "model.scheduler=null")
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 9
