@@ -38,22 +38,29 @@ def as_class_tensor(
     name: str,
     value: float | Sequence[float] | Tensor,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """A 0-d or 1-d float32 tensor on ``device`` from a float, sequence or tensor."""
+    """A 0-d or 1-d ``dtype`` tensor on ``device`` from a float, sequence or tensor.
+
+    Built directly in ``dtype`` (the loss's compute dtype), so float64 losses see their
+    α and γ unrounded rather than passed through float32.
+    """
     if isinstance(value, Tensor):
         t = value.detach()
         if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
-            t = t.to(device=device, dtype=torch.float32)
+            t = t.to(device=device, dtype=dtype)
         else:
             raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.tensor(float(value), dtype=torch.float32, device=device)
+        t = torch.tensor(float(value), dtype=dtype, device=device)
     elif isinstance(value, Sequence) and not isinstance(value, str):
-        t = torch.tensor([float(v) for v in value], dtype=torch.float32, device=device)
+        t = torch.tensor([float(v) for v in value], dtype=dtype, device=device)
     else:
         raise TypeError(f"{name} must be a float, a sequence of floats or a tensor, got {value!r}")
     if t.dim() > 1:
-        raise ValueError(f"{name} must be a scalar or a 1-D per-class tensor, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or a 1-D per-class tensor, got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -76,7 +83,9 @@ def check_alpha_unit_interval(alpha: Tensor) -> None:
     if _tracing():
         return
     if not bool(torch.isfinite(alpha).all()) or bool(((alpha < 0) | (alpha > 1)).any()):
-        raise ValueError(f"per-class alpha for sigmoid focal loss must lie in [0, 1], got {alpha.tolist()}")
+        raise ValueError(
+            f"per-class alpha for sigmoid focal loss must lie in [0, 1], got {alpha.tolist()}"
+        )
 
 
 def check_weight_values(name: str, w: Tensor) -> None:

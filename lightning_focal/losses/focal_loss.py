@@ -106,6 +106,13 @@ class FocalLoss(nn.Module):
                 return buf.device
         return torch.device("cpu")
 
+    def _dtype(self) -> torch.dtype:
+        # a buffer that changes shape keeps the dtype the module was moved to
+        for buf in (self.gamma, self.alpha):
+            if buf is not None:
+                return buf.dtype
+        return torch.float32
+
     @torch.no_grad()
     def set_gamma(self, gamma: float | Sequence[float] | Tensor | SampleDependentGamma) -> None:
         """Set γ: in place when the shape is unchanged, so compiled graphs stay valid."""
@@ -113,7 +120,7 @@ class FocalLoss(nn.Module):
             self.gamma_policy = gamma
             self.gamma = None
             return
-        value = as_class_tensor("gamma", gamma, self._device())
+        value = as_class_tensor("gamma", gamma, self._device(), self._dtype())
         check_gamma_values(value)
         self._check_length("gamma", value)
         self.gamma_policy = None
@@ -128,7 +135,7 @@ class FocalLoss(nn.Module):
         if alpha is None:
             self.alpha = None
             return
-        value = as_class_tensor("alpha", alpha, self._device())
+        value = as_class_tensor("alpha", alpha, self._device(), self._dtype())
         if self.mode == "softmax":
             if value.dim() != 1:
                 raise ValueError("alpha for softmax focal loss must be per-class (a 1-D sequence)")
@@ -158,7 +165,9 @@ class FocalLoss(nn.Module):
         """The loss of ``input`` logits against ``target``; ``weight``/``normalizer`` are sigmoid-only."""
         if self.mode == "softmax":
             if weight is not None or normalizer is not None:
-                raise TypeError("weight and normalizer apply to mode='sigmoid'; use alpha/ignore_index")
+                raise TypeError(
+                    "weight and normalizer apply to mode='sigmoid'; use alpha/ignore_index"
+                )
             return softmax_focal_loss(
                 input,
                 target,
@@ -197,4 +206,6 @@ class FocalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         gamma = self.gamma_policy if self.gamma_policy is not None else self.gamma
-        return f"mode={self.mode!r}, gamma={gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
+        return (
+            f"mode={self.mode!r}, gamma={gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
+        )

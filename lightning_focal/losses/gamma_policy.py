@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,11 +46,11 @@ class SampleDependentGamma:
                 f"got {len(gammas)} gammas and {len(thresholds)} thresholds"
             )
         if any(not 0.0 < t < 1.0 for t in thresholds) or any(
-            b <= a for a, b in zip(thresholds, thresholds[1:])
+            b <= a for a, b in itertools.pairwise(thresholds)
         ):
             raise ValueError(f"thresholds must be strictly increasing in (0, 1), got {thresholds}")
-        if any(g < 0 or g != g for g in gammas):
-            raise ValueError(f"gamma must be >= 0, got {gammas}")
+        if any(not math.isfinite(g) or g < 0 for g in gammas):
+            raise ValueError(f"gamma must be finite and >= 0, got {gammas}")
         object.__setattr__(self, "thresholds", thresholds)
         object.__setattr__(self, "gammas", gammas)
 

@@ -25,11 +25,17 @@ GammaArg = float | Sequence[float] | Tensor | SampleDependentGamma
 AlphaArg = float | Sequence[float] | Tensor | None
 
 
-def resolve_gamma(gamma: GammaArg, num_classes: int, device: torch.device, where: str):
+def resolve_gamma(
+    gamma: GammaArg,
+    num_classes: int,
+    device: torch.device,
+    where: str,
+    dtype: torch.dtype = torch.float32,
+):
     """(gamma tensor or None, policy tuple or None) from any accepted γ argument."""
     if isinstance(gamma, SampleDependentGamma):
         return None, (tuple(gamma.thresholds), tuple(gamma.gammas))
-    g = as_class_tensor("gamma", gamma, device)
+    g = as_class_tensor("gamma", gamma, device, dtype)
     check_per_class_length("gamma", g, num_classes, where)
     check_gamma_values(g)
     return g, None
@@ -96,11 +102,12 @@ def sigmoid_focal_loss(
     check_reduction(reduction)
     num_classes = inputs.shape[-1] if inputs.dim() > 0 else 1
     where = "sigmoid focal loss broadcasts per-class values on the last dimension"
-    g, policy = resolve_gamma(gamma, num_classes, inputs.device, where)
+    dtype = compute_dtype(inputs.dtype)
+    g, policy = resolve_gamma(gamma, num_classes, inputs.device, where, dtype)
 
     a: Tensor | None = None
     if alpha is not None:
-        a = as_class_tensor("alpha", alpha, inputs.device)
+        a = as_class_tensor("alpha", alpha, inputs.device, dtype)
         if a.dim() == 0 and not isinstance(alpha, Tensor) and float(alpha) < 0:
             a = None  # torchvision: alpha < 0 switches α off
         else:
@@ -124,7 +131,6 @@ def sigmoid_focal_loss(
         if weight.dtype != torch.bool:
             check_weight_values("weight", w)
 
-    dtype = compute_dtype(inputs.dtype)
     denom: Tensor | None = None
     if normalizer is not None:
         if reduction != "sum":

@@ -83,7 +83,9 @@ def softmax_focal_loss(
     num_classes = x.shape[1]
     is_index = not target.is_floating_point()
     if target.dtype == torch.bool:
-        raise TypeError("target must hold class indices (integer) or probabilities (float), got bool")
+        raise TypeError(
+            "target must hold class indices (integer) or probabilities (float), got bool"
+        )
     t = target.unsqueeze(0) if unbatched else target
     if is_index:
         expected = (x.shape[0], *x.shape[2:])
@@ -99,12 +101,19 @@ def softmax_focal_loss(
             f"probability target must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(target.shape)}"
         )
+    elif ignore_index >= 0:
+        # cross_entropy refuses this too: a class number would silently ignore nothing
+        raise ValueError(
+            f"ignore_index={ignore_index} applies to class-index targets only; probability "
+            "targets have no ignored entries (leave ignore_index negative, e.g. -100)"
+        )
 
     where = "softmax focal loss takes per-class values along dim 1"
-    g, policy = resolve_gamma(gamma, num_classes, x.device, where)
+    dtype = compute_dtype(x.dtype)
+    g, policy = resolve_gamma(gamma, num_classes, x.device, where, dtype)
     a: Tensor | None = None
     if alpha is not None:
-        a = as_class_tensor("alpha", alpha, x.device)
+        a = as_class_tensor("alpha", alpha, x.device, dtype)
         if a.dim() != 1:
             raise ValueError(
                 f"alpha for softmax focal loss must be a per-class tensor of length {num_classes}, "
@@ -113,11 +122,12 @@ def softmax_focal_loss(
         check_per_class_length("alpha", a, num_classes, where)
         check_weight_values("alpha", a)
 
-    dtype = compute_dtype(x.dtype)
     denom: Tensor | None = None
     if reduction == "mean":
         if not is_index:
-            denom = torch.tensor(float(x.numel() // max(num_classes, 1)), dtype=dtype, device=x.device)
+            denom = torch.tensor(
+                float(x.numel() // max(num_classes, 1)), dtype=dtype, device=x.device
+            )
         else:
             valid = t != ignore_index
             if a is None:
