@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One short GPU check (< 8 minutes): the tests marked `gpu`, the loss benchmark on CUDA
+# (torchvision's function and the bandwidth floor side by side) and short bf16-mixed training
+# runs of the classifier and of a detector. Needs: torch with CUDA, lightning, timm,
+# torchmetrics, hydra-core (pip install -e ".[train]").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline MPLBACKEND=Agg PYTHONUNBUFFERED=1
+export LIGHTNING_FOCAL_ROOT="${LIGHTNING_FOCAL_ROOT:-/tmp/lightning_focal_gpu_check}"
+status=0
+step() { echo; echo "== $*"; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python -c "import torch, lightning; print('torch', torch.__version__, '| lightning', lightning.__version__, '|', torch.cuda.get_device_name())" || exit 1
+
+step "tests marked gpu"
+python -m pytest -m gpu -q -p no:cacheprovider --no-header -o addopts="" tests/test_gpu.py || status=1
+
+step "loss benchmark on CUDA"
+python benchmarks/loss_speed.py --device cuda --quick --markdown || status=1
+
+step "classifier, bf16-mixed, 200 steps"
+python -m lightning_focal.train trainer=gpu trainer.max_steps=200 logger=csv callbacks.progress_bar=null \
+  +trainer.enable_progress_bar=false || status=1
+
+step "detector (RetinaNet on shapes), bf16-mixed, 100 steps"
+python -m lightning_focal.train experiment=detection_focal_warmup trainer=gpu trainer.max_steps=100 \
+  logger=csv callbacks.progress_bar=null +trainer.enable_progress_bar=false || status=1
+
+echo; echo "gpu_check status: $status"
+exit "$status"

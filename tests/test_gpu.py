@@ -1,0 +1,97 @@
+"""CUDA checks: the fused losses compiled for CUDA and eager, half precision, a bf16 fit.
+
+Marked ``gpu``; skipped cleanly where there is no CUDA device (CI). Run with
+``python -m pytest -m gpu tests/test_gpu.py`` or ``scripts/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from lightning_focal.losses import get_backend, set_backend
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(params=["eager", "compile"])
+def backend(request):
+    previous = get_backend()
+    set_backend(request.param)
+    yield request.param
+    set_backend(previous)
+
+
+def grads(fn, x):
+    x = x.detach().clone().requires_grad_(True)
+    value = fn(x)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+def test_sigmoid_matches_torchvision_on_cuda(backend):
+    torchvision = pytest.importorskip("torchvision")
+    x = torch.randn(8, 4096, 80, device="cuda") * 3
+    t = (torch.rand_like(x) < 0.001).float()
+    ours = grads(lambda v: sigmoid_focal_loss(v, t, reduction="sum"), x)
+    ref = grads(lambda v: torchvision.ops.sigmoid_focal_loss(v, t, reduction="sum"), x)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4096, 1000), (8, 21, 128, 128)])
+def test_softmax_gamma0_matches_cross_entropy_on_cuda(backend, shape):
+    x = torch.randn(shape, device="cuda") * 2
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), device="cuda")
+    target.view(-1)[::7] = -100
+    ours = grads(lambda v: softmax_focal_loss(v, target, gamma=0.0), x)
+    ref = grads(lambda v: F.cross_entropy(v, target), x)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], ref[1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_half_precision_saturated_logits_are_finite(backend, dtype, gamma):
+    x = torch.tensor([[1e4, -1e4, 20.0, -20.0, 0.0]] * 4096, device="cuda").to(dtype)
+    t = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]] * 4096, device="cuda")
+    loss, grad = grads(lambda v: sigmoid_focal_loss(v, t, gamma=gamma, reduction="mean"), x)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
+    logits = torch.randn(4096, 10, device="cuda", dtype=dtype) * 1e3
+    target = torch.randint(0, 10, (4096,), device="cuda")
+    loss, grad = grads(lambda v: softmax_focal_loss(v, target, gamma=gamma), logits)
+    assert torch.isfinite(loss) and torch.isfinite(grad.float()).all()
+
+
+def test_autocast_bf16_on_cuda():
+    lin = torch.nn.Linear(16, 10).cuda()
+    x = torch.randn(256, 16, device="cuda")
+    y = torch.randint(0, 10, (256,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = lin(x)
+        loss = FocalLoss("softmax", gamma=0.5).cuda()(logits, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(lin.weight.grad).all()
+
+
+def test_bf16_mixed_fit_on_gpu(tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
+    from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
+    from lightning_focal.schedules import LinearWarmup
+
+    model = BoringFocalClassifier()
+    trainer = pl.Trainer(
+        accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=20, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)), ClassBalancedAlpha()],
+    )
+    trainer.fit(model, ImbalancedBlobsDataModule())
+    assert model.focal_loss.gamma.device.type == "cuda"
+    assert float(model.focal_loss.gamma) == 2.0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
