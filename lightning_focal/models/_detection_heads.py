@@ -1,0 +1,309 @@
+"""torchvision RetinaNet and FCOS heads whose classification loss is a :class:`DenseFocalLoss`.
+
+Only the classification term changes: the targets, the ignored band and the normalisers
+are built exactly as torchvision builds them, and the box-regression and centre-ness
+losses are torchvision's. The loss module is a submodule of the classification head, so
+``GammaWarmup``, ``ClassBalancedAlpha`` and ``FocalBiasInit`` find and steer it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.fcos import (
+    FCOSClassificationHead,
+    FCOSHead,
+    FCOSRegressionHead,
+)
+from torchvision.models.detection.retinanet import (
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+    RetinaNetRegressionHead,
+)
+from torchvision.ops import generalized_box_iou_loss
+
+from ..losses.dense_focal import DenseFocalLoss
+
+__all__ = [
+    "FocalFCOSClassificationHead",
+    "FocalFCOSHead",
+    "FocalRetinaNetClassificationHead",
+    "FocalRetinaNetHead",
+    "one_hot_targets",
+]
+
+
+def one_hot_targets(cls_logits: Tensor, labels: list[Tensor], matched_idxs: Tensor) -> Tensor:
+    """One-hot class targets of ``(N, anchors, C)`` logits from the matcher's output.
+
+    Anchor a of image i gets a 1 at ``labels[i][matched_idxs[i, a]]`` when
+    ``matched_idxs[i, a] >= 0`` and is all zeros otherwise (background, or an ignored
+    anchor that the caller masks out), as in torchvision's heads.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(1, 3, 2)
+        >>> one_hot_targets(logits, [torch.tensor([1])], torch.tensor([[0, -1, -2]]))[0]
+        tensor([[0., 1.],
+                [0., 0.],
+                [0., 0.]])
+    """
+    target = torch.zeros_like(cls_logits)
+    for i, (labels_per_image, matched) in enumerate(zip(labels, matched_idxs)):
+        foreground = matched >= 0
+        target[i, foreground, labels_per_image[matched[foreground]]] = 1.0
+    return target
+
+
+def _group_norm(channels: int) -> Callable[[int], nn.Module]:
+    # torchvision's FCOS uses GroupNorm(32) (256 channels). For narrow heads take a divisor
+    # of the width that leaves >= 2 channels a group: with one, a 1x1 level (P7 of a small
+    # image) in a batch of one has a single value per group and GroupNorm refuses it.
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return partial(nn.GroupNorm, groups)
+
+
+class FocalRetinaNetClassificationHead(RetinaNetClassificationHead):
+    """``RetinaNetClassificationHead`` whose ``compute_loss`` calls a :class:`DenseFocalLoss`.
+
+    Anchors matched to a box are positives of its class, anchors below the background
+    threshold are negatives, and anchors between the thresholds
+    (``Matcher.BETWEEN_THRESHOLDS``) are dropped through the loss's ``weight`` mask. With
+    ``DenseFocalLoss(alpha=0.25, gamma=2, normalization="per_image")`` (the default) the
+    value equals torchvision's ``RetinaNetClassificationHead.compute_loss``.
+
+    Args:
+        in_channels, num_anchors, num_classes, prior_probability, norm_layer: as for
+            torchvision's head.
+        focal_loss: the loss; default ``DenseFocalLoss(2.0, 0.25, normalization="per_image")``.
+
+    Example:
+        >>> import torch
+        >>> head = FocalRetinaNetClassificationHead(8, num_anchors=2, num_classes=3)
+        >>> logits = head([torch.zeros(1, 8, 4, 4)])
+        >>> logits.shape
+        torch.Size([1, 32, 3])
+        >>> matched = [torch.full((32,), -1)]; matched[0][0] = 0
+        >>> targets = [{"labels": torch.tensor([2]), "boxes": torch.zeros(1, 4)}]
+        >>> loss = head.compute_loss(targets, {"cls_logits": logits}, matched)
+        >>> int(head.focal_loss.last_num_positives)
+        1
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        prior_probability: float = 0.01,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        focal_loss: DenseFocalLoss | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, prior_probability, norm_layer)
+        if focal_loss is None:
+            focal_loss = DenseFocalLoss(
+                2.0, 0.25, normalization="per_image", num_classes=num_classes
+            )
+        self.focal_loss = focal_loss
+
+    def compute_loss(  # type: ignore[override]
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        matched_idxs: list[Tensor],
+    ) -> Tensor:
+        cls_logits = head_outputs["cls_logits"]
+        matched = torch.stack(matched_idxs)
+        gt_classes_target = one_hot_targets(cls_logits, [t["labels"] for t in targets], matched)
+        valid = (matched != self.BETWEEN_THRESHOLDS).to(cls_logits.dtype)
+        return self.focal_loss(cls_logits, gt_classes_target, weight=valid)
+
+
+class FocalRetinaNetHead(RetinaNetHead):
+    """``RetinaNetHead`` with a :class:`FocalRetinaNetClassificationHead`; regression unchanged.
+
+    Example:
+        >>> head = FocalRetinaNetHead(8, num_anchors=9, num_classes=3)
+        >>> type(head.classification_head).__name__, type(head.regression_head).__name__
+        ('FocalRetinaNetClassificationHead', 'RetinaNetRegressionHead')
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        focal_loss: DenseFocalLoss | None = None,
+        prior_probability: float = 0.01,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.classification_head = FocalRetinaNetClassificationHead(
+            in_channels,
+            num_anchors,
+            num_classes,
+            prior_probability=prior_probability,
+            norm_layer=norm_layer,
+            focal_loss=focal_loss,
+        )
+        self.regression_head = RetinaNetRegressionHead(
+            in_channels, num_anchors, norm_layer=norm_layer
+        )
+
+
+class FocalFCOSClassificationHead(FCOSClassificationHead):
+    """``FCOSClassificationHead`` that holds the :class:`DenseFocalLoss` of FCOS.
+
+    :meth:`compute_loss` takes the per-location class index built by
+    :meth:`FocalFCOSHead.compute_loss` (-1 for background). With
+    ``DenseFocalLoss(alpha=0.25, gamma=2, normalization="batch")`` (the default) and one
+    process it equals torchvision's FCOS classification term: the loss summed over the
+    batch divided by max(1, foreground locations in the batch).
+
+    Args:
+        in_channels, num_anchors, num_classes, num_convs, prior_probability, norm_layer: as
+            for torchvision's head (``norm_layer`` defaults to torchvision's ``GroupNorm(32)``
+            when ``in_channels`` >= 64, else to fewer groups of >= 2 channels each).
+        focal_loss: the loss; default ``DenseFocalLoss(2.0, 0.25, normalization="batch")``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        prior_probability: float = 0.01,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        focal_loss: DenseFocalLoss | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            num_anchors,
+            num_classes,
+            num_convs,
+            prior_probability,
+            norm_layer or _group_norm(in_channels),
+        )
+        if focal_loss is None:
+            focal_loss = DenseFocalLoss(2.0, 0.25, normalization="batch", num_classes=num_classes)
+        self.focal_loss = focal_loss
+
+    def compute_loss(self, cls_logits: Tensor, gt_classes: Tensor) -> Tensor:
+        """Focal loss of ``(N, locations, C)`` logits against class indices (-1 background)."""
+        foreground = gt_classes >= 0
+        target = torch.zeros_like(cls_logits)
+        target[foreground, gt_classes[foreground]] = 1.0
+        return self.focal_loss(cls_logits, target)
+
+
+class FocalFCOSHead(FCOSHead):
+    """``FCOSHead`` whose classification term is the head's :class:`DenseFocalLoss`.
+
+    The matching, the GIoU box loss and the centre-ness loss are torchvision's
+    ``FCOSHead.compute_loss`` unchanged (each normalised by the local foreground count, as
+    torchvision does); only ``"classification"`` comes from
+    :meth:`FocalFCOSClassificationHead.compute_loss`.
+
+    Example:
+        >>> head = FocalFCOSHead(32, num_anchors=1, num_classes=3)
+        >>> type(head.classification_head.focal_loss).__name__, head.classification_head.focal_loss.normalization
+        ('DenseFocalLoss', 'batch')
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        focal_loss: DenseFocalLoss | None = None,
+        prior_probability: float = 0.01,
+    ) -> None:
+        nn.Module.__init__(self)
+        norm_layer = norm_layer or _group_norm(in_channels)
+        self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
+        self.classification_head = FocalFCOSClassificationHead(
+            in_channels,
+            num_anchors,
+            num_classes,
+            num_convs,
+            prior_probability=prior_probability,
+            norm_layer=norm_layer,
+            focal_loss=focal_loss,
+        )
+        self.regression_head = FCOSRegressionHead(
+            in_channels, num_anchors, num_convs, norm_layer=norm_layer
+        )
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        cls_logits = head_outputs["cls_logits"]  # (N, HWA, C)
+        bbox_regression = head_outputs["bbox_regression"]  # (N, HWA, 4)
+        bbox_ctrness = head_outputs["bbox_ctrness"]  # (N, HWA, 1)
+
+        # From here to the classification term: torchvision's FCOSHead.compute_loss.
+        all_gt_classes_targets = []
+        all_gt_boxes_targets = []
+        for targets_per_image, matched_idxs_per_image in zip(targets, matched_idxs):
+            if len(targets_per_image["labels"]) == 0:
+                gt_classes_targets = targets_per_image["labels"].new_zeros(
+                    (len(matched_idxs_per_image),)
+                )
+                gt_boxes_targets = targets_per_image["boxes"].new_zeros(
+                    (len(matched_idxs_per_image), 4)
+                )
+            else:
+                gt_classes_targets = targets_per_image["labels"][matched_idxs_per_image.clip(min=0)]
+                gt_boxes_targets = targets_per_image["boxes"][matched_idxs_per_image.clip(min=0)]
+            gt_classes_targets[matched_idxs_per_image < 0] = -1  # background
+            all_gt_classes_targets.append(gt_classes_targets)
+            all_gt_boxes_targets.append(gt_boxes_targets)
+
+        gt_boxes = torch.stack(all_gt_boxes_targets)
+        gt_classes = torch.stack(all_gt_classes_targets)
+        anchors_tensor = torch.stack(anchors)
+
+        foreground = gt_classes >= 0
+        num_foreground = foreground.sum().item()
+
+        loss_cls = self.classification_head.compute_loss(cls_logits, gt_classes)
+
+        pred_boxes = self.box_coder.decode(bbox_regression, anchors_tensor)
+        loss_bbox_reg = generalized_box_iou_loss(
+            pred_boxes[foreground], gt_boxes[foreground], reduction="sum"
+        )
+
+        bbox_reg_targets = self.box_coder.encode(anchors_tensor, gt_boxes)
+        if len(bbox_reg_targets) == 0:
+            gt_ctrness_targets = bbox_reg_targets.new_zeros(bbox_reg_targets.size()[:-1])
+        else:
+            left_right = bbox_reg_targets[:, :, [0, 2]]
+            top_bottom = bbox_reg_targets[:, :, [1, 3]]
+            gt_ctrness_targets = torch.sqrt(
+                (left_right.min(dim=-1)[0] / left_right.max(dim=-1)[0])
+                * (top_bottom.min(dim=-1)[0] / top_bottom.max(dim=-1)[0])
+            )
+        pred_centerness = bbox_ctrness.squeeze(dim=2)
+        loss_bbox_ctrness = nn.functional.binary_cross_entropy_with_logits(
+            pred_centerness[foreground], gt_ctrness_targets[foreground], reduction="sum"
+        )
+
+        return {
+            "classification": loss_cls,
+            "bbox_regression": loss_bbox_reg / max(1, num_foreground),
+            "bbox_ctrness": loss_bbox_ctrness / max(1, num_foreground),
+        }

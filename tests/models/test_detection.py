@@ -1,0 +1,378 @@
+"""RetinaNet / FCOS detectors: backbone, a real fit with the focal callbacks, mAP logging, pictures."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+pytest.importorskip("timm")
+pytest.importorskip("torchvision")
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+
+from lightning_focal.callbacks import ClassBalancedAlpha, FocalBiasInit, GammaWarmup
+from lightning_focal.losses import DenseFocalLoss
+from lightning_focal.models import FCOSDetector, RetinaNetDetector, TimmFPNBackbone
+from lightning_focal.plots_detection import DetectionSamples, draw_detections
+from lightning_focal.schedules import LinearWarmup
+
+CLASS_NAMES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two threads on two busy cores spin against each other: steps get 10-100x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Squares(Dataset):
+    """Dim noise with one or two coloured squares (colour = class); the last image is empty."""
+
+    def __init__(self, n: int = 6, size: int = 64, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        colours = torch.eye(3)
+        self.items = []
+        for i in range(n):
+            image = torch.rand(3, size, size, generator=generator) * 0.2
+            boxes, labels = [], []
+            for _ in range(0 if i == n - 1 else 1 + i % 2):
+                c = int(torch.randint(3, (1,), generator=generator))
+                side = int(torch.randint(12, 24, (1,), generator=generator))
+                x, y = (int(v) for v in torch.randint(0, size - side, (2,), generator=generator))
+                image[:, y : y + side, x : x + side] = colours[c].view(3, 1, 1)
+                boxes.append([x, y, x + side, y + side])
+                labels.append(c)
+            target = {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels, dtype=torch.long),
+            }
+            self.items.append((image, target))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def collate(batch):
+    return torch.stack([image for image, _ in batch]), [target for _, target in batch]
+
+
+def loader(n: int = 6, batch_size: int = 3) -> DataLoader:
+    return DataLoader(Squares(n), batch_size=batch_size, collate_fn=collate)
+
+
+def trainer(tmp_path, **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+class GammaSeen(Callback):
+    def __init__(self) -> None:
+        self.gammas: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args: Any) -> None:
+        self.gammas.append(float(pl_module.focal_loss.gamma))
+
+
+class ImageLogger(Logger):
+    """Stands in for lightning's WandbLogger: DetectionSamples calls its ``log_image``."""
+
+    def __init__(self, save_dir) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self.images: list[tuple[str, list, int | None]] = []
+
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_image(self, key: str, images: list, step: int | None = None, **kwargs: Any) -> None:
+        self.images.append((key, images, step))
+
+
+def small(cls, **kwargs: Any):
+    options: dict[str, Any] = dict(fpn_channels=16, class_names=CLASS_NAMES)
+    options.update(kwargs)
+    return cls("test_resnet", num_classes=3, image_size=64, **options)
+
+
+# -- backbone ------------------------------------------------------------------------------
+
+
+def test_timm_fpn_backbone_levels_and_channels():
+    backbone = TimmFPNBackbone("test_resnet", out_channels=16)
+    features = backbone(torch.rand(2, 3, 64, 64))
+    assert backbone.out_channels == 16
+    assert list(features) == ["0", "1", "2", "p6", "p7"]
+    assert backbone.strides == [8, 16, 32, 64, 128]
+    assert [f.shape[-1] for f in features.values()] == [8, 4, 2, 1, 1]
+    assert all(f.shape[:2] == (2, 16) for f in features.values())
+
+    plain = TimmFPNBackbone(
+        "test_efficientnet", out_channels=8, out_indices=[1, 2], extra_levels="none"
+    ).eval()
+    assert plain.strides == [4, 8]
+    assert [f.shape[1:] for f in plain(torch.rand(1, 3, 32, 32)).values()] == [(8, 8, 8), (8, 4, 4)]
+    with pytest.raises(ValueError, match="extra_levels"):
+        TimmFPNBackbone(extra_levels="p8")
+
+
+def test_import_lightning_focal_does_not_import_timm():
+    code = (
+        "import sys, lightning_focal, lightning_focal.models; "
+        "assert 'timm' not in sys.modules, 'timm imported'; "
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- construction --------------------------------------------------------------------------
+
+
+def test_detectors_hold_a_dense_focal_loss_in_the_head():
+    retina = small(
+        RetinaNetDetector, gamma=1.5, alpha=None, aspect_ratios=[1.0], anchor_scales=[1.0, 1.5]
+    )
+    head = retina.model.head.classification_head
+    assert isinstance(head.focal_loss, DenseFocalLoss) and retina.focal_loss is head.focal_loss
+    assert float(retina.focal_loss.gamma) == 1.5 and retina.focal_loss.alpha is None
+    assert retina.focal_loss.normalization == "per_image"
+    assert list(retina.focal_losses()) == ["model.head.classification_head.focal_loss"]
+    assert retina.focal_bias_layers() == [head.cls_logits]
+    assert retina.model.anchor_generator.num_anchors_per_location() == [2] * 5
+    assert retina.hparams["focal_loss"]["normalization"] == "per_image"
+
+    fcos = small(FCOSDetector, gamma=[1.0, 2.0, 3.0], ema_momentum=0.9)
+    assert fcos.focal_loss.normalization == "batch" and fcos.focal_loss.ema_momentum == 0.9
+    assert fcos.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
+    assert fcos.model.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+
+    with pytest.raises(ValueError, match="anchor_sizes"):
+        small(RetinaNetDetector, anchor_sizes=[32, 64])
+    with pytest.raises(ValueError, match="class_names"):
+        small(RetinaNetDetector, class_names=["a"])
+
+
+@pytest.mark.parametrize("cls", [RetinaNetDetector, FCOSDetector])
+def test_prior_bias_init(cls):
+    assert torch.count_nonzero(small(cls).model.head.classification_head.cls_logits.bias) == 0
+    bias = small(cls, prior_bias_init=True).model.head.classification_head.cls_logits.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)))
+
+
+# -- training with the focal callbacks -----------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [RetinaNetDetector, FCOSDetector])
+def test_fit_with_focal_callbacks(tmp_path, cls):
+    model = small(cls, optimizer=partial(torch.optim.AdamW, lr=0.0))  # lr 0: the bias stays put
+    gamma_seen = GammaSeen()
+    samples = DetectionSamples(num_images=2, min_score=0.0)
+    logger = ImageLogger(tmp_path)
+    fit = trainer(
+        tmp_path,
+        max_steps=3,
+        limit_val_batches=2,
+        logger=logger,
+        callbacks=[
+            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=2)),
+            ClassBalancedAlpha(),
+            FocalBiasInit(prior=0.01),
+            gamma_seen,
+            samples,
+        ],
+    )
+    fit.fit(model, loader(), loader())
+
+    assert gamma_seen.gammas == [0.0, 1.0, 2.0]
+    alpha = model.focal_loss.alpha
+    assert alpha.shape == (3,) and bool(((alpha > 0) & (alpha < 1)).all())
+    bias = model.model.head.classification_head.cls_logits.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)))
+
+    metrics = fit.callback_metrics
+    expected = [
+        "train/loss",
+        "train/loss_classification",
+        "train/loss_bbox_regression",
+        "val/map",
+        "val/map_50",
+        "val/map_75",
+        "val/mar_100",
+        "val/recall",
+        "focal/num_positives",
+        "focal/p_positives",
+        "focal/p_negatives",
+        "focal/gamma",
+    ]
+    if cls is FCOSDetector:
+        expected.append("train/loss_bbox_ctrness")
+    assert not [key for key in expected if key not in metrics]
+    assert any(key.startswith("val/map_class/") for key in metrics)
+    assert {key.rsplit("/", 1)[1] for key in metrics if key.startswith("val/map_class/")} <= set(
+        CLASS_NAMES
+    )
+    assert float(metrics["focal/num_positives"]) > 0
+    assert float(metrics["focal/gamma"]) == 2.0
+
+    assert len(samples.saved) == 2 and all(path.exists() for path in samples.saved)
+    assert samples.saved[0].parent == tmp_path / "detections" and samples.saved[0].suffix == ".png"
+    assert [(key, len(images)) for key, images, _ in logger.images] == [("val/detections", 2)]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    omegaconf = pytest.importorskip("omegaconf")
+    config = omegaconf.OmegaConf.create(
+        {"anchor_sizes": [16, 32, 64, 128, 256], "gamma": [1.0, 2.0, 3.0]}
+    )
+    model = small(
+        RetinaNetDetector, anchor_sizes=config.anchor_sizes, gamma=config.gamma
+    )  # as Hydra gives them
+    fit = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    fit.fit(model, loader(3))
+    fit.save_checkpoint(tmp_path / "model.ckpt")
+
+    hparams = torch.load(tmp_path / "model.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["anchor_sizes"] == [16, 32, 64, 128, 256] and "optimizer" not in hparams
+    restored = RetinaNetDetector.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert restored.hparams.anchor_sizes == [16, 32, 64, 128, 256]
+    assert restored.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[key], value)
+
+
+class Oracle(nn.Module):
+    """Returns the ground truth as predictions (score 0.9), batch by batch."""
+
+    def __init__(self, batches) -> None:
+        super().__init__()
+        self.targets = [t for _, targets in batches for t in targets]
+        self.seen = 0
+
+    def forward(self, images, targets=None):
+        out = []
+        for target in self.targets[self.seen : self.seen + len(images)]:
+            out.append({**target, "scores": torch.full((len(target["labels"]),), 0.9)})
+        self.seen += len(images)
+        return out
+
+
+def test_validate_and_test_log_map_per_class(tmp_path):
+    data = loader(6, batch_size=3)
+    model = small(RetinaNetDetector)
+    present = {CLASS_NAMES[c] for _, targets in data for t in targets for c in t["labels"].tolist()}
+
+    model.model = Oracle(data)
+    metrics = trainer(tmp_path).validate(model, data, verbose=False)[0]
+    assert metrics["val/map"] == pytest.approx(1.0) and metrics["val/map_50"] == pytest.approx(1.0)
+    assert metrics["val/recall"] == pytest.approx(1.0) == metrics["val/mar_100"]
+    assert {k.rsplit("/", 1)[1] for k in metrics if k.startswith("val/map_class/")} == present
+    assert all(metrics[f"val/map_class/{name}"] == pytest.approx(1.0) for name in present)
+
+    model = RetinaNetDetector(
+        "test_resnet", 4, 64, fpn_channels=16, class_names=[*CLASS_NAMES, "yellow"]
+    )
+    model.model = Oracle(data)
+    metrics = trainer(tmp_path).test(model, data, verbose=False)[0]
+    assert "test/map_class/yellow" not in metrics  # no ground truth: AP undefined, not 0
+    assert metrics["test/map"] == pytest.approx(1.0)
+    assert f"test/map_class/{sorted(present)[0]}" in metrics
+
+
+def test_predict(tmp_path):
+    model = small(FCOSDetector, detections_per_img=5, score_thresh=0.0)
+    batches = trainer(tmp_path).predict(model, loader(3))
+    assert len(batches) == 1 and len(batches[0]) == 3
+    assert set(batches[0][0]) == {"boxes", "scores", "labels"} and len(batches[0][0]["boxes"]) == 5
+    model.eval()
+    assert len(model.predict_step([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], 0)) == 2
+
+
+# -- pictures ------------------------------------------------------------------------------
+
+
+def test_draw_detections():
+    image = torch.rand(3, 64, 48)
+    boxes, labels, scores = (
+        torch.tensor([[4.0, 4.0, 30.0, 30.0]]),
+        torch.tensor([2]),
+        torch.tensor([0.8]),
+    )
+    picture = draw_detections(image, boxes, labels, scores, CLASS_NAMES)
+    assert picture.size == (192, 256) and picture.mode == "RGB"  # enlarged 4x (nearest)
+
+    empty = draw_detections(image, boxes, labels, scores, CLASS_NAMES, min_score=0.9)
+    bare = draw_detections(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert empty.tobytes() == bare.tobytes() != picture.tobytes()
+
+    panels = draw_detections(
+        image, boxes, labels, scores, CLASS_NAMES, gt_boxes=boxes, gt_labels=labels, min_size=0
+    )
+    assert panels.size == (2 * 48 + 4, 64)
+    with pytest.raises(ValueError, match="image"):
+        draw_detections(torch.rand(64, 64), boxes, labels)
+
+
+def test_detection_samples_skip_sanity_check(tmp_path):
+    samples = DetectionSamples(num_images=1, output_dir=tmp_path / "pictures")
+    fit = trainer(
+        tmp_path,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        callbacks=[samples],
+    )
+    fit.fit(small(FCOSDetector), loader(3), loader(3))
+    assert [path.name for path in samples.saved] == [
+        "epoch000-step000001-0.png"
+    ]  # not the sanity check
+    assert samples.saved[0].parent == tmp_path / "pictures"
+
+    rare = DetectionSamples(every_n_epochs=2)
+    trainer(
+        tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[rare]
+    ).fit(small(FCOSDetector), loader(3), loader(3))
+    assert rare.saved == []
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        DetectionSamples(every_n_epochs=0)
