@@ -106,7 +106,6 @@ class FocalLossMixin:
             num_classes=num_classes,
         )
         setattr(self, name, loss)
-        self._focal_loss_names = [*getattr(self, "_focal_loss_names", []), name]
         settings = {
             "mode": mode,
             "gamma": _gamma_hparam(gamma),
@@ -117,11 +116,32 @@ class FocalLossMixin:
             "poly1": poly1,
             "num_classes": num_classes,
         }
+        self.register_focal_loss(loss, name=name, settings=settings, bias_layer=bias_layer, diagnostics=diagnostics)
+        return loss
+
+    def register_focal_loss(
+        self,
+        loss: FocalLoss,
+        *,
+        name: str = "focal_loss",
+        settings: dict[str, Any] | None = None,
+        bias_layer: str | Sequence[str] | None = None,
+        diagnostics: bool = True,
+    ) -> FocalLoss:
+        """Register a :class:`FocalLoss` that already lives in the module (e.g. in a detection head).
+
+        Records ``settings`` in the hyperparameters (``hparams["focal_loss"]``, or
+        ``hparams["focal_losses"][name]``), remembers the bias layer(s) for
+        :class:`~lightning_focal.callbacks.FocalBiasInit` and hooks up the step diagnostics.
+        :meth:`configure_focal_loss` is this plus building the loss.
+        """
+        self._focal_loss_names = [*getattr(self, "_focal_loss_names", []), name]
         hparams = self.hparams  # type: ignore[attr-defined]
-        if name == "focal_loss":
-            hparams["focal_loss"] = settings
-        else:
-            hparams.setdefault("focal_losses", {})[name] = settings
+        if settings is not None:
+            if name == "focal_loss":
+                hparams["focal_loss"] = settings
+            else:
+                hparams.setdefault("focal_losses", {})[name] = settings
         layers = [bias_layer] if isinstance(bias_layer, str) else list(bias_layer or [])
         self._focal_bias_layer_names = [*getattr(self, "_focal_bias_layer_names", []), *layers]
         if diagnostics:

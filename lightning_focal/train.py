@@ -48,8 +48,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(int(cfg.seed), workers=True)
     output_dir = cfg.paths.output_dir
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    model: pl.LightningModule = instantiate(cfg.model, **data_kwargs_for(cfg.model, datamodule))
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    model: pl.LightningModule = instantiate(cfg.model, _convert_="all", **data_kwargs_for(cfg.model, datamodule))
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + focal_callbacks(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

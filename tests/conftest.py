@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from lightning_focal.losses import get_backend, set_backend
 
@@ -28,3 +29,13 @@ def compile_backend() -> Iterator[str]:
     set_backend("compile")
     yield "compile"
     set_backend(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine, OpenMP threads that wait on each other
+    make a training step 10-100x slower; results do not depend on it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,7 +14,7 @@ from .sigmoid_focal import sigmoid_focal_loss
 
 __all__ = ["DenseFocalLoss", "NORMALIZATIONS"]
 
-NORMALIZATIONS = ("batch", "per_image")
+NORMALIZATIONS = ("batch", "per_image", "mean")
 
 
 class DenseFocalLoss(FocalLoss):
@@ -36,11 +36,14 @@ class DenseFocalLoss(FocalLoss):
     * ``"per_image"`` (torchvision RetinaNet): each image's summed loss divided by
       max(1, its positives), averaged over images. With α=0.25, γ=2 this equals
       ``RetinaNetClassificationHead.compute_loss``.
+    * ``"mean"``: the mean over every unmasked (anchor, class) element — plain averaged
+      BCE when γ=0, the "everything is background" failure that the normalisation by
+      positives exists to fix; for baselines.
 
     Args:
         gamma, alpha, poly1, num_classes: as for :class:`FocalLoss` (``alpha`` defaults to
             RetinaNet's 0.25; ``None`` switches it off).
-        normalization: ``"batch"`` or ``"per_image"``.
+        normalization: ``"batch"``, ``"per_image"`` or ``"mean"``.
         sync: average the batch normaliser across DDP ranks.
         ema_momentum: ``None`` or m in [0, 1): normaliser <- m·normaliser + (1-m)·positives.
 
@@ -111,6 +114,9 @@ class DenseFocalLoss(FocalLoss):
             norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
             self.last_normalizer = norm.detach()
             return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=weight, normalizer=norm, poly1=self.poly1)
+        if self.normalization == "mean":
+            self.last_normalizer = torch.tensor(float(input[..., 0].numel()))
+            return sigmoid_focal_loss(input, target, self.alpha, gamma, "mean", weight=weight, poly1=self.poly1)
         if self.normalization == "per_image":
             scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
             scale = scale.view(-1, 1, 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -177,7 +176,7 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         cls_logits = self.model.head.classification_head.cls_logits
         if not prior_bias_init:
             nn.init.zeros_(cls_logits.bias)
-        self._register_dense_focal_loss(
+        self.register_focal_loss(
             loss,
             bias_layer="model.head.classification_head.cls_logits",
             settings={
@@ -198,20 +197,6 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
     def build_detector(self, backbone: TimmFPNBackbone, focal_loss: DenseFocalLoss) -> nn.Module:
         """The torchvision detector on ``backbone`` whose classification head holds ``focal_loss``."""
         raise NotImplementedError
-
-    def _register_dense_focal_loss(
-        self,
-        loss: DenseFocalLoss,
-        bias_layer: str,
-        settings: dict[str, Any],
-        name: str = "focal_loss",
-    ) -> None:
-        # What FocalLossMixin.configure_focal_loss does, for a loss that lives in the head.
-        self._focal_loss_names = [*getattr(self, "_focal_loss_names", []), name]
-        self._focal_bias_layer_names = [*getattr(self, "_focal_bias_layer_names", []), bias_layer]
-        self.hparams["focal_loss"] = settings
-        self._focal_logs_gamma = True
-        loss.register_forward_hook(partial(self._focal_loss_hook, name), with_kwargs=True)
 
     def _detector_kwargs(self, backbone: TimmFPNBackbone) -> dict[str, Any]:
         hp = self.hparams
