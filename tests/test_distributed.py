@@ -81,3 +81,21 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 9
+
+
+def test_detector_ddp_cpu_two_processes(tmp_path):
+    args = ["experiment=detection_focal", "trainer=ddp_cpu", "trainer.devices=2", "debug=fast", "threads=1",
+            "+callbacks.ddp_check._target_=lightning_focal.callbacks.DistributedConsistencyCheck",
+            "data.num_train=64", "data.batch_size=4", "model.normalization=batch", "test=false"]
+    run_cli(tmp_path, *args)
+    (run,) = sorted((tmp_path / "logs" / "detection_focal" / "runs").iterdir())
+    rows = metric_rows(run)
+    assert all(v == 0.0 for _, v in column(rows, "ddp/focal_spread"))
+    # The batch normaliser is the mean over ranks of the positives, clamped to >= 1: it is
+    # logged by rank 0 next to rank 0's own positives; over the steps the two differ
+    # (the other rank's images differ) while the normaliser stays >= 1.
+    normalizer = column(rows, "focal/normalizer")
+    positives = column(rows, "focal/num_positives")
+    assert normalizer and all(v >= 1.0 for _, v in normalizer)
+    assert any(abs(n - p) > 1e-6 for (_, n), (_, p) in zip(normalizer, positives))
+    assert "val/map" in rows[0] or any(r.get("val/map") for r in rows)

@@ -161,3 +161,16 @@ def test_bad_override_gives_a_clear_error(tmp_path, override, message):
     proc = run_cli(tmp_path, override, "debug=fdr", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+
+
+@pytest.mark.timeout(900)
+def test_cli_detection_experiment(tmp_path):
+    proc = run_cli(tmp_path, "experiment=detection_focal_warmup", "debug=fast", "threads=1", "data.num_train=32",
+                   "callbacks.detection_samples.every_n_epochs=1")
+    (run,) = run_dirs(tmp_path, "detection_focal_warmup")
+    header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("val/map", "val/map_50", "focal/num_positives", "focal/p_positives", "focal/normalizer", "test/map"):
+        assert key in header, key
+    assert any(k.startswith("val/map_class/") for k in header)
+    assert list((run / "detections").glob("*.png"))
+    assert "test/map" in proc.stdout
