@@ -113,9 +113,9 @@ def results_table(metrics: Mapping[str, Any], title: str) -> str:
     Example:
         >>> print(results_table({"test/acc": 0.5, "test/ece": 0.0312}, "results"))
         results
-        --------------------
-        test/acc      0.5000
-        test/ece      0.0312
+        ------------------
+        test/acc    0.5000
+        test/ece    0.0312
     """
     width = max((len(k) for k in metrics), default=8) + 4
     lines = [title, "-" * (width + 6)]
