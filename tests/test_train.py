@@ -174,3 +174,23 @@ def test_cli_detection_experiment(tmp_path):
     assert any(k.startswith("val/map_class/") for k in header)
     assert list((run / "detections").glob("*.png"))
     assert "test/map" in proc.stdout
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_with("hydra/launcher=slurm", "trainer=ddp")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.max_num_timeout == 0  # Lightning owns requeue
+    assert launcher.additional_parameters.signal == "USR1@90"
+
+
+def test_ddp_trainer_follows_slurm_env(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    cfg = compose_with("trainer=ddp")
+    assert cfg.trainer.devices == 4 and cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp"
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    monkeypatch.delenv("SLURM_NNODES")
+    cfg = compose_with("trainer=ddp")
+    assert cfg.trainer.devices == "auto" and cfg.trainer.num_nodes == 1
