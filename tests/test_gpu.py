@@ -85,13 +85,18 @@ def test_bf16_mixed_fit_on_gpu(tmp_path):
     from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
     from lightning_focal.schedules import LinearWarmup
 
+    class Devices(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.seen = (pl_module.focal_loss.gamma.device.type, pl_module.focal_loss.alpha.device.type)
+
+    devices = Devices()
     model = BoringFocalClassifier()
     trainer = pl.Trainer(
         accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=20, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
-        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)), ClassBalancedAlpha()],
+        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)), ClassBalancedAlpha(), devices],
     )
     trainer.fit(model, ImbalancedBlobsDataModule())
-    assert model.focal_loss.gamma.device.type == "cuda"
+    assert devices.seen == ("cuda", "cuda")  # the buffers followed the module to the GPU
     assert float(model.focal_loss.gamma) == 2.0
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
