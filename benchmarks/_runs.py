@@ -13,13 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def run_experiment(experiment: str, seed: int, root: Path, extra: Sequence[str] = ()) -> dict[str, float]:
+def run_experiment(
+    experiment: str, seed: int, root: Path, extra: Sequence[str] = ()
+) -> dict[str, float]:
     """One CLI run, 1 thread, no progress bar; returns its logged test/* metrics and wall_s."""
     home = root / f"{experiment}_{seed}"
     env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(home), "OMP_NUM_THREADS": "1"}
     args = [
-        sys.executable, "-m", "lightning_focal.train", f"experiment={experiment}", f"seed={seed}", "threads=1",
-        "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false", *extra,
+        sys.executable,
+        "-m",
+        "lightning_focal.train",
+        f"experiment={experiment}",
+        f"seed={seed}",
+        "threads=1",
+        "callbacks.progress_bar=null",
+        "+trainer.enable_progress_bar=false",
+        *extra,
     ]
     start = time.perf_counter()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -27,8 +36,15 @@ def run_experiment(experiment: str, seed: int, root: Path, extra: Sequence[str] 
     if proc.returncode != 0:
         raise RuntimeError(f"{experiment} seed {seed} failed:\n{proc.stderr[-3000:]}")
     (run,) = (home / "logs").glob("*/runs/*")
-    rows = list(csv.DictReader(open(run / "csv" / "version_0" / "metrics.csv")))
-    metrics = {k: float(v) for row in rows for k, v in row.items() if k.startswith("test/") and v not in ("", None)}
+    rows = list(
+        csv.DictReader((run / "csv" / "version_0" / "metrics.csv").read_text().splitlines())
+    )
+    metrics = {
+        k: float(v)
+        for row in rows
+        for k, v in row.items()
+        if k.startswith("test/") and v not in ("", None)
+    }
     # last logged value of the training diagnostics
     for row in rows:
         for k, v in row.items():
@@ -38,7 +54,9 @@ def run_experiment(experiment: str, seed: int, root: Path, extra: Sequence[str] 
     return metrics
 
 
-def run_grid(experiments: Sequence[str], seeds: Sequence[int], root: Path, extra: Sequence[str], jobs: int):
+def run_grid(
+    experiments: Sequence[str], seeds: Sequence[int], root: Path, extra: Sequence[str], jobs: int
+):
     """{(experiment, seed): metrics}, ``jobs`` runs at a time."""
     grid = [(e, s) for s in seeds for e in experiments]
     with ThreadPoolExecutor(jobs) as pool:

@@ -35,20 +35,29 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="detection_"))
-    results = run_grid([f"detection_{a}" for a in args.arms], args.seeds, root, args.extra, args.jobs)
-    table = ["| loss | mAP@[.5:.95] | mAP50 | recall (mar_100) | mean p of positives (last step) | wall s / run |",
-             "|---|---|---|---|---|---|"]
+    results = run_grid(
+        [f"detection_{a}" for a in args.arms], args.seeds, root, args.extra, args.jobs
+    )
+    table = [
+        "| loss | mAP@[.5:.95] | mAP50 | recall (mar_100) | mean p of positives (last step) | wall s / run |",
+        "|---|---|---|---|---|---|",
+    ]
     summary = {}
     for arm in args.arms:
         runs = [m for (e, _), m in results.items() if e == f"detection_{arm}"]
-        col = {k: [m.get(k, float("nan")) for m in runs] for k in ("test/map", "test/map_50", "test/mar_100", "focal/p_positives", "wall_s")}
+        col = {
+            k: [m.get(k, float("nan")) for m in runs]
+            for k in ("test/map", "test/map_50", "test/mar_100", "focal/p_positives", "wall_s")
+        }
         summary[arm] = (statistics.mean(col["test/map"]), statistics.mean(col["test/map_50"]))
         table.append(
             f"| {ARMS[arm]} | {mean_std(col['test/map'])} | {mean_std(col['test/map_50'])} | {mean_std(col['test/mar_100'])} | "
             f"{mean_std(col['focal/p_positives'])} | {statistics.median(col['wall_s']):.0f} |"
         )
-    header = (f"shapes (64x64, 3 imbalanced classes + distractors), FCOS + timm test_resnet FPN, 300 steps, "
-              f"seeds {args.seeds}, 1 thread per run; mean ± std over seeds.\n\n")
+    header = (
+        f"shapes (64x64, 3 imbalanced classes + distractors), FCOS + timm test_resnet FPN, 300 steps, "
+        f"seeds {args.seeds}, 1 thread per run; mean ± std over seeds.\n\n"
+    )
     text = header + "\n".join(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.md").write_text(text + "\n")

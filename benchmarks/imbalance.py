@@ -13,15 +13,11 @@ class-balanced focal, class-balanced focal with a γ warmup (the default run).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _runs import mean_std, run_grid
 
 ARMS = {
     "ce": "cross-entropy",
@@ -31,25 +27,6 @@ ARMS = {
     "focal_cb": "focal γ=2 + class-balanced α",
     "focal_cb_warmup": "focal + class-balanced α + γ warmup",
 }
-
-
-def run_one(arm: str, seed: int, root: Path, extra: list[str]) -> dict[str, float]:
-    env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(root / f"{arm}_{seed}"), "OMP_NUM_THREADS": "1"}
-    args = [
-        sys.executable, "-m", "lightning_focal.train", f"experiment=imbalance_{arm}", f"seed={seed}",
-        "threads=1", "callbacks.progress_bar=null", "callbacks.focal_plots=null", "+trainer.enable_progress_bar=false",
-        *extra,
-    ]
-    start = time.perf_counter()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{arm} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    (run,) = (root / f"{arm}_{seed}" / "logs").glob(f"imbalance_{arm}/runs/*")
-    rows = list(csv.DictReader(open(run / "csv" / "version_0" / "metrics.csv")))
-    tested = {k: float(v) for row in rows for k, v in row.items() if k.startswith("test/") and v not in ("", None)}
-    tested["wall_s"] = wall
-    return tested
 
 
 def rarest(metrics: dict[str, float], classes: list[int]) -> float:
@@ -70,11 +47,13 @@ def main() -> None:
     counts = DigitsLTDataModule(imbalance_ratio=100.0).class_counts().tolist()
     rare3 = sorted(range(len(counts)), key=lambda c: (counts[c], c))[:3]
     root = Path(tempfile.mkdtemp(prefix="imbalance_"))
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: (job, run_one(*job, root, args.extra)), jobs))
+    grid = run_grid([f"imbalance_{a}" for a in args.arms], args.seeds, root, args.extra, args.jobs)
+    results = [((e.removeprefix("imbalance_"), s), m) for (e, s), m in grid.items()]
 
-    table = ["| loss | balanced acc | recall, 3 rarest | ECE | wall s / run |", "|---|---|---|---|---|"]
+    table = [
+        "| loss | balanced acc | recall, 3 rarest | ECE | wall s / run |",
+        "|---|---|---|---|---|",
+    ]
     summary = {}
     for arm in args.arms:
         runs = [m for (a, _), m in results if a == arm]
@@ -83,14 +62,16 @@ def main() -> None:
         ece = [m["test/ece"] for m in runs]
         wall = [m["wall_s"] for m in runs]
 
-        def fmt(xs: list[float]) -> str:
-            return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-
         summary[arm] = (statistics.mean(bal), statistics.mean(rr), statistics.mean(ece))
-        table.append(f"| {ARMS[arm]} | {fmt(bal)} | {fmt(rr)} | {fmt(ece)} | {statistics.median(wall):.0f} |")
+        table.append(
+            f"| {ARMS[arm]} | {mean_std(bal)} | {mean_std(rr)} | {mean_std(ece)} | {statistics.median(wall):.0f} |"
+        )
     per_seed = ["", "Balanced accuracy per seed:", ""]
     for arm in args.arms:
-        per_seed.append(f"- {ARMS[arm]}: " + ", ".join(f"{m['test/balanced_acc']:.3f}" for (a, _), m in results if a == arm))
+        per_seed.append(
+            f"- {ARMS[arm]}: "
+            + ", ".join(f"{m['test/balanced_acc']:.3f}" for (a, _), m in results if a == arm)
+        )
     text = "\n".join(table + per_seed)
     header = (
         f"digits_lt, imbalance ratio 100, noise σ=1, train counts {counts}, timm test_resnet, 600 steps, "
@@ -109,7 +90,12 @@ def main() -> None:
     xs = range(len(args.arms))
     width = 0.27
     for i, (label, idx) in enumerate([("balanced acc", 0), ("recall, 3 rarest", 1), ("ECE", 2)]):
-        ax.bar([x + (i - 1) * width for x in xs], [summary[a][idx] for a in args.arms], width, label=label)
+        ax.bar(
+            [x + (i - 1) * width for x in xs],
+            [summary[a][idx] for a in args.arms],
+            width,
+            label=label,
+        )
     ax.set_xticks(list(xs), [ARMS[a] for a in args.arms], rotation=20, ha="right", fontsize=8)
     ax.set_title(f"digits_lt (ratio 100), mean of {len(args.seeds)} seeds")
     ax.legend(fontsize=8)

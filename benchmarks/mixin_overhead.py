@@ -73,12 +73,21 @@ def fit(variant: str, args, data) -> list[float]:
     callbacks: list[Callback] = [timer]
     if variant == "focal":
         model = FocalModel(args.model, 10)
-        callbacks += [GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100)), ClassBalancedAlpha()]
+        callbacks += [
+            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100)),
+            ClassBalancedAlpha(),
+        ]
     else:
         model = CEModel(args.model, 10)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, log_every_n_steps=1,
+        accelerator="cpu",
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        log_every_n_steps=1,
     )
     trainer.fit(model, DataLoader(data, batch_size=args.batch_size, shuffle=True))
     return timer.times[2:]  # drop warm-up steps
@@ -101,10 +110,14 @@ def main() -> None:
         for variant in ("ce", "focal"):
             times[variant] += fit(variant, args, data)
     ce, focal = statistics.median(times["ce"]), statistics.median(times["focal"])
-    print(f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch_size}, {args.threads} thread(s), "
-          f"{len(times['ce'])} steps per variant, torch {torch.__version__}")
+    print(
+        f"{args.model}, {args.image_size}x{args.image_size}, batch {args.batch_size}, {args.threads} thread(s), "
+        f"{len(times['ce'])} steps per variant, torch {torch.__version__}"
+    )
     print("| variant | median CPU s / step |\n|---|---|")
-    print(f"| F.cross_entropy | {ce:.4f} |\n| FocalLossMixin + diagnostics + GammaWarmup + ClassBalancedAlpha | {focal:.4f} |")
+    print(
+        f"| F.cross_entropy | {ce:.4f} |\n| FocalLossMixin + diagnostics + GammaWarmup + ClassBalancedAlpha | {focal:.4f} |"
+    )
     print(f"\noverhead: {100 * (focal / ce - 1):+.2f}%")
 
 

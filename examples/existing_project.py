@@ -75,7 +75,9 @@ def train(model: L.LightningModule, max_epochs: int, callbacks: list) -> float:
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    trainer.fit(model, ImbalancedBlobsDataModule(counts=(400, 40, 8), num_features=8, batch_size=32))
+    trainer.fit(
+        model, ImbalancedBlobsDataModule(counts=(400, 40, 8), num_features=8, batch_size=32)
+    )
     return float(trainer.callback_metrics["val/balanced_acc"])
 
 
@@ -87,9 +89,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     focal = train(
         FocalClassifier(),
         args.max_epochs,
-        [GammaWarmup(LinearWarmup(start=0.0, end=2.0, fraction=0.3)), ClassBalancedAlpha(beta=0.999)],
+        [
+            GammaWarmup(LinearWarmup(start=0.0, end=2.0, fraction=0.3)),
+            ClassBalancedAlpha(beta=0.999),
+        ],
     )
-    print(f"balanced accuracy  cross-entropy: {plain:.3f}  focal + class-balanced alpha: {focal:.3f}")
+    print(
+        f"balanced accuracy  cross-entropy: {plain:.3f}  focal + class-balanced alpha: {focal:.3f}"
+    )
     return {"plain": plain, "focal": focal}
 
 

@@ -46,12 +46,16 @@ def _named_nodes(cfg: Any, kind: str) -> list[Any]:
     if not cfg:
         return objects
     if not isinstance(cfg, Mapping):
-        raise TypeError(f"{kind} config must be a dict of named _target_ nodes, got {type(cfg).__name__}")
+        raise TypeError(
+            f"{kind} config must be a dict of named _target_ nodes, got {type(cfg).__name__}"
+        )
     for name, node in cfg.items():
         if node is None:
             continue
         if not isinstance(node, Mapping) or "_target_" not in node:
-            raise ValueError(f"{kind}.{name} must be a node with a _target_ (or null to switch it off)")
+            raise ValueError(
+                f"{kind}.{name} must be a node with a _target_ (or null to switch it off)"
+            )
         objects.append(instantiate(node))
     return objects
 
@@ -94,7 +98,11 @@ def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[
     params = inspect.signature(target.__init__).parameters
     kwargs: dict[str, Any] = {}
     for name in ("num_classes", "class_names", "image_size"):
-        if name in params and model_cfg.get(name) is None and getattr(datamodule, name, None) is not None:
+        if (
+            name in params
+            and model_cfg.get(name) is None
+            and getattr(datamodule, name, None) is not None
+        ):
             kwargs[name] = getattr(datamodule, name)
     return kwargs
 

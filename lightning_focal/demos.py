@@ -46,7 +46,9 @@ class ImbalancedBlobsDataModule(pl.LightningDataModule):
             self.class_counts = None  # type: ignore[assignment]
 
     def _make(self, counts: Sequence[int], generator: torch.Generator) -> TensorDataset:
-        centers = torch.randn(self.num_classes, self.num_features, generator=torch.Generator().manual_seed(self.seed))
+        centers = torch.randn(
+            self.num_classes, self.num_features, generator=torch.Generator().manual_seed(self.seed)
+        )
         xs, ys = [], []
         for c, n in enumerate(counts):
             xs.append(centers[c] * 2.0 + torch.randn(n, self.num_features, generator=generator))
@@ -64,7 +66,9 @@ class ImbalancedBlobsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed + 2)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size)

@@ -36,7 +36,9 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-def per_class_recall_metric(num_classes: int, class_names: Sequence[str] | None, prefix: str) -> ClasswiseWrapper:
+def per_class_recall_metric(
+    num_classes: int, class_names: Sequence[str] | None, prefix: str
+) -> ClasswiseWrapper:
     """Recall of each class, logged as ``<prefix>recall/<class name>``.
 
     Example:
@@ -48,7 +50,9 @@ def per_class_recall_metric(num_classes: int, class_names: Sequence[str] | None,
     """
     labels = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     return ClasswiseWrapper(
-        MulticlassRecall(num_classes=num_classes, average=None), labels=labels, prefix=f"{prefix}recall/"
+        MulticlassRecall(num_classes=num_classes, average=None),
+        labels=labels,
+        prefix=f"{prefix}recall/",
     )
 
 

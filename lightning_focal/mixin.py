@@ -116,7 +116,9 @@ class FocalLossMixin:
             "poly1": poly1,
             "num_classes": num_classes,
         }
-        self.register_focal_loss(loss, name=name, settings=settings, bias_layer=bias_layer, diagnostics=diagnostics)
+        self.register_focal_loss(
+            loss, name=name, settings=settings, bias_layer=bias_layer, diagnostics=diagnostics
+        )
         return loss
 
     def register_focal_loss(

@@ -30,8 +30,13 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_per_class_recall(recall: Sequence[float], class_names: Sequence[str], counts: Sequence[int] | None,
-                          path: str | Path, title: str = "per-class recall (test)") -> Path:
+def plot_per_class_recall(
+    recall: Sequence[float],
+    class_names: Sequence[str],
+    counts: Sequence[int] | None,
+    path: str | Path,
+    title: str = "per-class recall (test)",
+) -> Path:
     """Bar chart of per-class recall, with training counts on a second axis.
 
     Example:
@@ -73,7 +78,9 @@ def plot_gamma_curve(steps: Sequence[int], gammas: Sequence[float], path: str | 
     return _save(fig, path)
 
 
-def plot_reliability(bins: dict[str, list[float]], path: str | Path, title: str = "reliability (test)") -> Path:
+def plot_reliability(
+    bins: dict[str, list[float]], path: str | Path, title: str = "reliability (test)"
+) -> Path:
     """Reliability diagram from :func:`lightning_focal.models.classifier.reliability_bins`.
 
     Example:
@@ -88,8 +95,13 @@ def plot_reliability(bins: dict[str, list[float]], path: str | Path, title: str 
     centers = [e + width / 2 for e in edges[:-1]]
     fig, ax = plt.subplots(figsize=(4, 4))
     shown = [c > 0 for c in bins["count"]]
-    ax.bar([c for c, s in zip(centers, shown) if s], [a for a, s in zip(bins["accuracy"], shown) if s],
-           width=width, edgecolor="black", label="accuracy")
+    ax.bar(
+        [c for c, s in zip(centers, shown) if s],
+        [a for a, s in zip(bins["accuracy"], shown) if s],
+        width=width,
+        edgecolor="black",
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")

@@ -1,9 +1,9 @@
 """``lightning-focal-train``: the Hydra command-line app over ``conf/``.
 
-    lightning-focal-train                          # timm classifier, digits_lt, focal + α + γ warmup
-    lightning-focal-train loss=ce schedule=none    # the cross-entropy baseline
-    lightning-focal-train -m loss.gamma=0,1,2      # a sweep, one run each
-    python -m lightning_focal.train --help         # every group and option
+lightning-focal-train                          # timm classifier, digits_lt, focal + α + γ warmup
+lightning-focal-train loss=ce schedule=none    # the cross-entropy baseline
+lightning-focal-train -m loss.gamma=0,1,2      # a sweep, one run each
+python -m lightning_focal.train --help         # every group and option
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = cfg.paths.output_dir
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    model: pl.LightningModule = instantiate(cfg.model, _convert_="all", **data_kwargs_for(cfg.model, datamodule))
+    model: pl.LightningModule = instantiate(
+        cfg.model, _convert_="all", **data_kwargs_for(cfg.model, datamodule)
+    )
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + focal_callbacks(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -58,18 +60,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        trainer.fit(
+            model,
+            datamodule=datamodule,
+            ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir),
+        )
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if cfg.get("test", True):
         checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        best = (
+            checkpoint.best_model_path
+            if checkpoint is not None and checkpoint.best_model_path
+            else None
+        )
         if best is None:
             log.warning("no best checkpoint was saved: testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        tested = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/") and v.numel() == 1}
+        tested = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("test/") and v.numel() == 1
+        }
         metrics.update(tested)
         if trainer.is_global_zero:
-            print(results_table(tested, f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})"))
+            print(
+                results_table(
+                    tested,
+                    f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})",
+                )
+            )
             print(f"run dir: {output_dir}")
     return metrics
 

@@ -14,9 +14,13 @@ class GammaRecorder(Callback):
     def __init__(self) -> None:
         self.seen: list[tuple[int, list[float]]] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
         losses = [m for m in pl_module.modules() if type(m).__name__ == "FocalLoss"]
-        self.seen.append((trainer.global_step - 1, [g for m in losses for g in m.gamma.flatten().tolist()]))
+        self.seen.append(
+            (trainer.global_step - 1, [g for m in losses for g in m.gamma.flatten().tolist()])
+        )
 
 
 def fast_trainer(tmp_path, **kwargs: Any) -> pl.Trainer:

@@ -15,9 +15,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(root), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "LIGHTNING_FOCAL_ROOT": str(root),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_focal.train", *args], cwd=root, env=env, capture_output=True, text=True, timeout=1200
+        [sys.executable, "-m", "lightning_focal.train", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
@@ -37,8 +47,14 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     from lightning_focal.models.classifier import TimmClassifier
     from lightning_focal.schedules import LinearWarmup
 
-    common = ["trainer=ddp_cpu", "trainer.devices=2", "debug=fast", "callbacks=ddp_check", "threads=1",
-              "trainer.limit_val_batches=1.0"]
+    common = [
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "debug=fast",
+        "callbacks=ddp_check",
+        "threads=1",
+        "trainer.limit_val_batches=1.0",
+    ]
     run_cli(tmp_path, *common)
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1  # one output dir for both ranks
@@ -77,19 +93,36 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     assert logged and logged[-1] == pytest.approx(acc, abs=1e-6)
 
     # Resume the DDP run from its checkpoint.
-    run_cli(tmp_path, *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=9", "model.scheduler=null")
+    run_cli(
+        tmp_path,
+        *common,
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=9",
+        "model.scheduler=null",
+    )
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     resumed_rows = metric_rows(runs[-1])
     steps = sorted({s for s, _ in column(resumed_rows, "train/loss")})
-    assert steps and steps[0] >= 6 and steps[-1] >= 8  # continued after step 6 (not from 0) towards max_steps=9
+    assert (
+        steps and steps[0] >= 6 and steps[-1] >= 8
+    )  # continued after step 6 (not from 0) towards max_steps=9
     resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] > step
 
 
 def test_detector_ddp_cpu_two_processes(tmp_path):
-    args = ["experiment=detection_focal", "trainer=ddp_cpu", "trainer.devices=2", "debug=fast", "threads=1",
-            "+callbacks.ddp_check._target_=lightning_focal.callbacks.DistributedConsistencyCheck",
-            "data.num_train=64", "data.batch_size=4", "model.normalization=batch", "test=false"]
+    args = [
+        "experiment=detection_focal",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "debug=fast",
+        "threads=1",
+        "+callbacks.ddp_check._target_=lightning_focal.callbacks.DistributedConsistencyCheck",
+        "data.num_train=64",
+        "data.batch_size=4",
+        "model.normalization=batch",
+        "test=false",
+    ]
     run_cli(tmp_path, *args)
     (run,) = sorted((tmp_path / "logs" / "detection_focal" / "runs").iterdir())
     rows = metric_rows(run)

@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from lightning_focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
 from lightning_focal.losses import get_backend, set_backend
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 @pytest.fixture(params=["eager", "compile"])
@@ -87,14 +90,27 @@ def test_bf16_mixed_fit_on_gpu(tmp_path):
 
     class Devices(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            self.seen = (pl_module.focal_loss.gamma.device.type, pl_module.focal_loss.alpha.device.type)
+            self.seen = (
+                pl_module.focal_loss.gamma.device.type,
+                pl_module.focal_loss.alpha.device.type,
+            )
 
     devices = Devices()
     model = BoringFocalClassifier()
     trainer = pl.Trainer(
-        accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=20, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
-        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)), ClassBalancedAlpha(), devices],
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[
+            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)),
+            ClassBalancedAlpha(),
+            devices,
+        ],
     )
     trainer.fit(model, ImbalancedBlobsDataModule())
     assert devices.seen == ("cuda", "cuda")  # the buffers followed the module to the GPU

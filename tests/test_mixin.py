@@ -18,8 +18,14 @@ def test_configure_registers_loss_and_hparams():
     assert isinstance(model.focal_loss, FocalLoss)
     assert model.focal_losses() == {"focal_loss": model.focal_loss}
     assert model.hparams["focal_loss"] == {
-        "mode": "softmax", "gamma": 1.5, "alpha": None, "reduction": "mean", "ignore_index": -100,
-        "label_smoothing": 0.0, "poly1": 0.0, "num_classes": 3,
+        "mode": "softmax",
+        "gamma": 1.5,
+        "alpha": None,
+        "reduction": "mean",
+        "ignore_index": -100,
+        "label_smoothing": 0.0,
+        "poly1": 0.0,
+        "num_classes": 3,
     }
     assert model.configure_callbacks() == []  # the mixin adds no callbacks behind the user's back
 
@@ -28,11 +34,16 @@ def test_several_losses_and_policy_hparams():
     class TwoHeads(BoringFocalClassifier):
         def __init__(self):
             super().__init__()
-            self.configure_focal_loss("sigmoid", gamma=SampleDependentGamma((0.2,), (5.0, 3.0)), name="box_loss")
+            self.configure_focal_loss(
+                "sigmoid", gamma=SampleDependentGamma((0.2,), (5.0, 3.0)), name="box_loss"
+            )
 
     model = TwoHeads()
     assert sorted(find_focal_losses(model)) == ["box_loss", "focal_loss"]
-    assert model.hparams["focal_losses"]["box_loss"]["gamma"] == {"thresholds": [0.2], "gammas": [5.0, 3.0]}
+    assert model.hparams["focal_losses"]["box_loss"]["gamma"] == {
+        "thresholds": [0.2],
+        "gammas": [5.0, 3.0],
+    }
 
 
 @pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
@@ -60,8 +71,12 @@ def test_easy_fraction_matches_independent_count(tmp_path):
     x, y = dm.train_set.tensors
     with torch.no_grad():
         p_t = torch.softmax(model(x), 1)[torch.arange(len(y)), y]
-    assert float(trainer.callback_metrics["focal/easy_fraction"]) == pytest.approx(float((p_t > 0.5).float().mean()))
-    assert float(trainer.callback_metrics["focal/modulating"]) == pytest.approx(float(((1 - p_t) ** 2).mean()), rel=1e-5)
+    assert float(trainer.callback_metrics["focal/easy_fraction"]) == pytest.approx(
+        float((p_t > 0.5).float().mean())
+    )
+    assert float(trainer.callback_metrics["focal/modulating"]) == pytest.approx(
+        float(((1 - p_t) ** 2).mean()), rel=1e-5
+    )
 
 
 def test_load_from_checkpoint_restores_the_loss(tmp_path):
@@ -74,7 +89,9 @@ def test_load_from_checkpoint_restores_the_loss(tmp_path):
     trainer = fast_trainer(tmp_path, max_steps=5, enable_checkpointing=True, callbacks=callbacks)
     trainer.fit(model, ImbalancedBlobsDataModule())
     loaded = BoringFocalClassifier.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
-    assert float(loaded.focal_loss.gamma) == pytest.approx(0.08)  # mid-warmup γ, not the configured 2.0
+    assert float(loaded.focal_loss.gamma) == pytest.approx(
+        0.08
+    )  # mid-warmup γ, not the configured 2.0
     assert torch.equal(loaded.focal_loss.alpha, model.focal_loss.alpha)
     assert loaded.hparams["focal_loss"] == model.hparams["focal_loss"]
     x = torch.randn(4, 8)

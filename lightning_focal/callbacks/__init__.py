@@ -9,4 +9,11 @@ from .focal_bias_init import FocalBiasInit
 from .focal_plots import FocalPlots
 from .gamma_warmup import GammaWarmup
 
-__all__ = ["CalibrationGamma", "ClassBalancedAlpha", "DistributedConsistencyCheck", "FocalBiasInit", "FocalPlots", "GammaWarmup"]
+__all__ = [
+    "CalibrationGamma",
+    "ClassBalancedAlpha",
+    "DistributedConsistencyCheck",
+    "FocalBiasInit",
+    "FocalPlots",
+    "GammaWarmup",
+]

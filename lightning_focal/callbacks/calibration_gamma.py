@@ -89,7 +89,9 @@ class CalibrationGamma(Callback):
             raise MisconfigurationException("CalibrationGamma and GammaWarmup both set γ; use one")
         losses = require_focal_losses(pl_module, "CalibrationGamma")
         if any(loss.gamma_policy is not None for loss in losses.values()):
-            raise MisconfigurationException("CalibrationGamma cannot adapt a sample-dependent γ policy")
+            raise MisconfigurationException(
+                "CalibrationGamma cannot adapt a sample-dependent γ policy"
+            )
 
     def _hook(self, module, args: tuple, kwargs: dict, output: Tensor) -> None:
         if module.training or len(args) < 2:

@@ -52,7 +52,9 @@ def count_batch_targets(target: Any, num_classes: int, ignore_index: int = -100)
     return torch.bincount(flat, minlength=num_classes)
 
 
-def _num_classes(pl_module: pl.LightningModule, losses: Iterable[FocalLoss], given: int | None) -> int:
+def _num_classes(
+    pl_module: pl.LightningModule, losses: Iterable[FocalLoss], given: int | None
+) -> int:
     if given is not None:
         return given
     for loss in losses:
@@ -134,7 +136,9 @@ class ClassBalancedAlpha(Callback):
     def _pass_counts(self, trainer: pl.Trainer, num_classes: int) -> Tensor:
         loader = trainer.train_dataloader
         if loader is None:
-            raise MisconfigurationException("ClassBalancedAlpha: the trainer has no training dataloader")
+            raise MisconfigurationException(
+                "ClassBalancedAlpha: the trainer has no training dataloader"
+            )
         counts = torch.zeros(num_classes, dtype=torch.int64)
         for batch in loader:
             try:
@@ -147,12 +151,18 @@ class ClassBalancedAlpha(Callback):
             counts += count_batch_targets(target, num_classes, self.ignore_index)
         return counts
 
-    def compute_counts(self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int) -> Tensor:
+    def compute_counts(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_classes: int
+    ) -> Tensor:
         """Global per-class training counts (the same on every rank)."""
         cheap = self._cheap_counts(trainer)
         if cheap is not None:
             values, self.source = cheap
-            if values.dim() == 1 and values.numel() == num_classes and not values.is_floating_point():
+            if (
+                values.dim() == 1
+                and values.numel() == num_classes
+                and not values.is_floating_point()
+            ):
                 return values.long()
             return count_batch_targets(values, num_classes, self.ignore_index)
         self.source = "one pass over the training dataloader"
@@ -194,11 +204,18 @@ class ClassBalancedAlpha(Callback):
                     import wandb
 
                     table = wandb.Table(
-                        data=[[str(c), w, n] for c, (w, n) in enumerate(zip(weights.tolist(), self.counts or []))],
+                        data=[
+                            [str(c), w, n]
+                            for c, (w, n) in enumerate(zip(weights.tolist(), self.counts or []))
+                        ],
                         columns=["class", "alpha", "count"],
                     )
                     logger.experiment.log(
-                        {"focal/alpha": wandb.plot.bar(table, "class", "alpha", title="class-balanced α")}
+                        {
+                            "focal/alpha": wandb.plot.bar(
+                                table, "class", "alpha", title="class-balanced α"
+                            )
+                        }
                     )
 
     @override

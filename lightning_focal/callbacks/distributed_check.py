@@ -33,7 +33,9 @@ class DistributedConsistencyCheck(Callback):
         self.atol = atol
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
         if (trainer.global_step - 1) % self.every_n_steps:
             return
         values = [

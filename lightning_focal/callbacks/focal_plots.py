@@ -36,7 +36,9 @@ class FocalPlots(Callback):
         self.written: list[Path] = []
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         losses = [loss for loss in find_focal_losses(pl_module).values() if loss.gamma is not None]
         if losses and (not self.steps or self.steps[-1] != trainer.global_step):
             self.steps.append(trainer.global_step)
@@ -55,16 +57,24 @@ class FocalPlots(Callback):
             self.written.append(plot_gamma_curve(self.steps, self.gammas, out / "gamma.png"))
         names = list(getattr(pl_module, "class_names", []) or [])
         metrics = trainer.callback_metrics
-        recall = [float(metrics[f"test/recall/{n}"]) for n in names if f"test/recall/{n}" in metrics]
+        recall = [
+            float(metrics[f"test/recall/{n}"]) for n in names if f"test/recall/{n}" in metrics
+        ]
         if names and len(recall) == len(names):
             counts = None
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is not None and callable(getattr(datamodule, "class_counts", None)):
                 counts = [int(c) for c in datamodule.class_counts()]
-            self.written.append(plot_per_class_recall(recall, names, counts, out / "per_class_recall.png"))
+            self.written.append(
+                plot_per_class_recall(recall, names, counts, out / "per_class_recall.png")
+            )
         summary = getattr(pl_module, "test_summary", {}) or {}
         if "reliability" in summary:
             self.written.append(plot_reliability(summary["reliability"], out / "reliability.png"))
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger" and self.written:
-                logger.log_image(key="plots", images=[str(p) for p in self.written], caption=[p.stem for p in self.written])
+                logger.log_image(
+                    key="plots",
+                    images=[str(p) for p in self.written],
+                    caption=[p.stem for p in self.written],
+                )

@@ -103,7 +103,11 @@ class GammaWarmup(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step, "last_gamma": self.last_gamma, "interval": self.interval}
+        return {
+            "last_step": self.last_step,
+            "last_gamma": self.last_gamma,
+            "interval": self.interval,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -218,7 +218,11 @@ class DigitsLTDataModule(L.LightningDataModule):
             )
 
         self.train_set = NoisyDigits(
-            standardised[plan.train_indices], plan.targets[plan.train_indices], hp.noise_std, hp.image_size, hp.in_chans
+            standardised[plan.train_indices],
+            plan.targets[plan.train_indices],
+            hp.noise_std,
+            hp.image_size,
+            hp.in_chans,
         )
         self.val_set = dataset(plan.val_indices)
         self.test_set = dataset(plan.test_indices)
@@ -252,7 +256,9 @@ def _upsample(images: Tensor, image_size: int, in_chans: int) -> Tensor:
     """(N, 8, 8) -> (N, in_chans, image_size, image_size), bilinear."""
     images = images.unsqueeze(1)
     if image_size != images.shape[-1]:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
     return images.repeat(1, in_chans, 1, 1)
 
 
@@ -271,7 +277,9 @@ class NoisyDigits(Dataset):
         ((3, 16, 16), 1)
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, noise_std: float, image_size: int, in_chans: int) -> None:
+    def __init__(
+        self, images: Tensor, targets: Tensor, noise_std: float, image_size: int, in_chans: int
+    ) -> None:
         self.tensors = (images, targets)
         self.targets = targets
         self.noise_std = noise_std

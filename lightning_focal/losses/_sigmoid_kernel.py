@@ -1,12 +1,18 @@
 """Fused sigmoid focal loss: pure-tensor forward/gradient kernels and their autograd.Function.
 
-With z = x, t the target and q = 1 - p_t = t·σ(-x) + (1-t)·σ(x):
+With q = 1 - p_t = t·σ(-x) + (1-t)·σ(x) and d = σ(x) - t = (1-t)·σ(x) - t·σ(-x):
 
     loss  = α_t · ce · q^γ + ε · q^(γ+1)            ce = softplus(x) - t·x
-    ∂/∂x  = α_t · [(σ(x) - t)·q^γ + ce·γ·q^γ·r·(1-2t)] + ε(γ+1)·q^γ·σ(x)σ(-x)·(1-2t)
+    ∂/∂x  = α_t · [d·q^γ + ce·γ·q^(γ-1)·σ(x)σ(-x)·(1-2t)] + ε(γ+1)·q^γ·σ(x)σ(-x)·(1-2t)
 
-where r = σ(x)σ(-x)/q ≤ 1. q^γ is exp(γ·log q), so γ in (0, 1) never meets the infinite
-derivative of (1-p)^γ at p=1 that makes autograd through ``pow`` return NaN.
+For a scalar integer γ in 0..4 (read from a CPU γ without a device sync) q^γ and γq^(γ-1)
+are products; any other γ takes q^γ = exp(γ·log q) and γq^(γ-1)σ(x)σ(-x) = γ·q^γ·r with
+r = σ(x)σ(-x)/q ≤ 1, so γ in (0, 1) never meets the infinite derivative of (1-p)^γ at
+p=1 that makes autograd through ``pow`` return NaN.
+
+Compiled, the forward is one fused pass over x and t (a scalar for "sum"/"mean") and the
+backward one pass that reads x and t and writes the gradient. Eagerly, both run over
+chunks (64K elements on CPU) so that their temporaries stay small.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._backend import Kernel
+from ._backend import Kernel, eager_chunk, exp_nonpos, log1p_unit, use_fast_math
 
 Policy = tuple[tuple[float, ...], tuple[float, ...]] | None
+
+# γ values with a product form for q^γ; anything else goes through exp(γ log q).
+_INTEGER_GAMMAS = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,27 +42,62 @@ def policy_gamma(p_t: Tensor, policy: tuple[tuple[float, ...], tuple[float, ...]
     return gamma
 
 
-def _parts(x: Tensor, t: Tensor, gamma: Tensor | None, policy: Policy):
+def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
+    """γ as a Python int when it is a scalar integer in 0..4 held on the CPU, else None.
+
+    Reading a CPU scalar costs no device sync; a CUDA γ stays a tensor (memory-bound there).
+    """
+    if policy is not None or gamma is None or gamma.dim() != 0 or gamma.device.type != "cpu":
+        return None
+    value = float(gamma)
+    return int(value) if value in _INTEGER_GAMMAS else None
+
+
+def _parts(x: Tensor, t: Tensor, fast: bool):
     dtype = compute_dtype(x.dtype)
-    tiny = torch.finfo(dtype).tiny
     x = x.to(dtype)
     t = t.to(dtype)
-    e = torch.exp(-torch.abs(x))
-    u = 1.0 + e
-    inv = 1.0 / u  # σ(|x|)
+    neg_abs = -torch.abs(x)
+    e = exp_nonpos(neg_abs) if fast else torch.exp(neg_abs)
+    inv = 1.0 / (1.0 + e)  # σ(|x|)
     small = e * inv  # σ(-|x|), exact even where 1 - σ(|x|) rounds to 0
     positive = x >= 0
     s = torch.where(positive, inv, small)  # σ(x)
     sn = torch.where(positive, small, inv)  # σ(-x)
-    # log1p(e) by Goldberg's correction: float32 log1p is ~13x slower than log on CPU.
-    um1 = u - 1.0
-    exact = um1 == 0
-    log1p_e = torch.where(exact, e, torch.log(u) * e / torch.where(exact, 1.0, um1))
+    log1p_e = log1p_unit(e) if fast else torch.log1p(e)
     ce = torch.clamp_min(x, 0.0) - t * x + log1p_e
-    q = t * sn + (1.0 - t) * s
+    one_m_t = 1.0 - t
+    a = one_m_t * s
+    b = t * sn
+    # q = 1 - p_t, and d = σ(x) - t written so that it stays exact where σ(x) rounds to 1
+    return x, t, one_m_t, s, sn, inv * small, ce, a + b, a - b
+
+
+def _modulation(t, s, sn, ss, q, gamma, policy: Policy, gint: int | None, fast: bool):
+    """(q^γ, γ·q^(γ-1)·σ(x)σ(-x), γ): the modulating factor and its x-derivative factor."""
+    if gint is not None:
+        if gint == 0:
+            return 1.0, None, 0.0
+        if gint == 1:
+            return q, ss, 1.0
+        q2 = q * q
+        if gint == 2:
+            m, dm = q2, 2.0 * q
+        elif gint == 3:
+            m, dm = q2 * q, 3.0 * q2
+        else:
+            m, dm = q2 * q2, 4.0 * (q2 * q)
+        return m, dm * ss, float(gint)
+    tiny = torch.finfo(q.dtype).tiny
+    qc = torch.clamp_min(q, tiny)
     g = policy_gamma(t * s + (1.0 - t) * sn, policy) if policy is not None else gamma
-    m = torch.exp(g * torch.log(torch.clamp_min(q, tiny)))
-    return x, t, s, sn, ce, q, g, m, tiny
+    g_log_q = g * torch.log(qc)
+    m = exp_nonpos(g_log_q) if fast else torch.exp(g_log_q)
+    return m, g * m * (ss / qc), g
+
+
+def _alpha_t(alpha: Tensor | None, t: Tensor, one_m_t: Tensor) -> Tensor | None:
+    return None if alpha is None else alpha * t + (1.0 - alpha) * one_m_t
 
 
 def sigmoid_focal_elementwise(
@@ -66,10 +110,16 @@ def sigmoid_focal_elementwise(
     policy: Policy,
 ) -> Tensor:
     """Elementwise loss; differentiable by autograd (used for the composite path)."""
-    x, t, s, sn, ce, q, g, m, tiny = _parts(x, t, gamma, policy)
+    return _elementwise_loss(x, t, alpha, gamma, weight, eps, policy, None, False)
+
+
+def _elementwise_loss(x, t, alpha, gamma, weight, eps, policy, gint, fast):
+    x, t, one_m_t, s, sn, ss, ce, q, _ = _parts(x, t, fast)
+    m, _, _ = _modulation(t, s, sn, ss, q, gamma, policy, gint, fast)
     loss = ce * m
-    if alpha is not None:
-        loss = (alpha * t + (1.0 - alpha) * (1.0 - t)) * loss
+    a_t = _alpha_t(alpha, t, one_m_t)
+    if a_t is not None:
+        loss = a_t * loss
     if eps != 0.0:
         loss = loss + eps * m * q
     if weight is not None:
@@ -77,22 +127,29 @@ def sigmoid_focal_elementwise(
     return loss
 
 
-def _loss_kernel(x, t, alpha, gamma, weight, eps: float, policy: Policy, reduce: bool) -> Tensor:
-    loss = sigmoid_focal_elementwise(x, t, alpha, gamma, weight, eps, policy)
+def _loss_kernel(
+    x, t, alpha, gamma, weight, eps: float, policy: Policy, reduce: bool, gint: int | None
+) -> Tensor:
+    loss = _elementwise_loss(x, t, alpha, gamma, weight, eps, policy, gint, use_fast_math(x))
     return loss.sum() if reduce else loss
 
 
-def _grad_kernel(x, t, alpha, gamma, weight, eps: float, policy: Policy, scale: Tensor) -> Tensor:
+def _grad_kernel(
+    x, t, alpha, gamma, weight, eps: float, policy: Policy, scale: Tensor, gint: int | None
+) -> Tensor:
     in_dtype = x.dtype
-    x, t, s, sn, ce, q, g, m, tiny = _parts(x, t, gamma, policy)
-    one_m2t = 1.0 - 2.0 * t
-    r = s * sn / torch.clamp_min(q, tiny)
-    # σ(x) - t written so that it stays exact where σ(x) rounds to 1
-    grad = ((1.0 - t) * s - t * sn) * m + ce * g * m * r * one_m2t
-    if alpha is not None:
-        grad = (alpha * t + (1.0 - alpha) * (1.0 - t)) * grad
+    fast = use_fast_math(x)
+    x, t, one_m_t, s, sn, ss, ce, q, d = _parts(x, t, fast)
+    m, dm_ss, g = _modulation(t, s, sn, ss, q, gamma, policy, gint, fast)
+    one_m_2t = one_m_t - t
+    grad = d * m
+    if dm_ss is not None:
+        grad = grad + ce * dm_ss * one_m_2t
+    a_t = _alpha_t(alpha, t, one_m_t)
+    if a_t is not None:
+        grad = a_t * grad
     if eps != 0.0:
-        grad = grad + eps * (g + 1.0) * m * s * sn * one_m2t
+        grad = grad + eps * (g + 1.0) * m * ss * one_m_2t
     if weight is not None:
         grad = grad * weight.to(grad.dtype)
     return (grad * scale).to(in_dtype)
@@ -102,16 +159,80 @@ loss_kernel = Kernel(_loss_kernel)
 grad_kernel = Kernel(_grad_kernel)
 
 
+# ---- eager evaluation in chunks ---------------------------------------------------------
+
+
+def _chunk_views(x: Tensor, per_class: bool) -> tuple[tuple[int, ...], int]:
+    """A 1-D or (rows, C) view shape of ``x`` and the rows (or elements) per chunk.
+
+    Per-class α/γ or an elementwise weight broadcast on the last dim, so they need whole
+    rows; otherwise the flat view is cut anywhere.
+    """
+    numel, chunk = x.numel(), eager_chunk(x.device)
+    if not per_class or x.dim() == 0:
+        return (numel,), chunk
+    c = x.shape[-1]
+    return (numel // max(c, 1), c), max(1, chunk // max(c, 1))
+
+
+def _view(v: Tensor | None, shape: torch.Size, view_shape: tuple[int, ...]) -> Tensor | None:
+    if v is None:
+        return None
+    return v.expand(shape).reshape(view_shape) if v.dim() > 0 else v
+
+
+def _eager_chunked(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: str) -> Tensor:
+    """The loss ("sum" or "none") or the gradient ("grad") computed chunk by chunk."""
+    if x.numel() <= eager_chunk(x.device):
+        if mode == "grad":
+            return _grad_kernel(x, t, alpha, gamma, weight, eps, policy, scale, gint)
+        return _loss_kernel(x, t, alpha, gamma, weight, eps, policy, mode == "sum", gint)
+    per_class = weight is not None or any(v is not None and v.dim() > 0 for v in (alpha, gamma))
+    view_shape, step = _chunk_views(x, per_class)
+    xv, tv = x.reshape(view_shape), t.reshape(view_shape)
+    wv = _view(weight, x.shape, view_shape)
+    sv = _view(scale, x.shape, view_shape) if mode == "grad" else None
+    rows = view_shape[0]
+    if mode == "sum":
+        total = None
+        for i in range(0, rows, step):
+            j = min(rows, i + step)
+            w = wv[i:j] if wv is not None else None
+            part = _loss_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, True, gint)
+            total = part if total is None else total + part
+        if total is None:
+            total = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
+        return total
+    out_dtype = x.dtype if mode == "grad" else compute_dtype(x.dtype)
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    ov = out.view(view_shape)
+    for i in range(0, rows, step):
+        j = min(rows, i + step)
+        w = wv[i:j] if wv is not None else None
+        if mode == "grad":
+            sc = sv[i:j] if sv is not None and sv.dim() > 0 else scale
+            ov[i:j] = _grad_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, sc, gint)
+        else:
+            ov[i:j] = _loss_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, False, gint)
+    return out
+
+
 class SigmoidFocalFunction(torch.autograd.Function):
     """Saves only its inputs; the backward recomputes what the gradient needs in one pass."""
 
     @staticmethod
     def forward(ctx, x, t, alpha, gamma, weight, eps, policy, reduce, denom):  # type: ignore[override]
-        out = loss_kernel(x.numel(), x, t, alpha, gamma, weight, eps, policy, reduce)
+        gint = static_gamma(gamma, policy)
+        numel = x.numel()
+        args = (x, t, alpha, gamma, weight, eps, policy)
+        mode = "sum" if reduce else "none"
+        out = loss_kernel(
+            numel, *args, reduce, gint, eager=lambda: _eager_chunked(*args, gint, None, mode)
+        )
         if denom is not None:
             out = out / denom
         ctx.save_for_backward(x, t, alpha, gamma, weight, denom)
-        ctx.eps, ctx.policy = eps, policy
+        ctx.eps, ctx.policy, ctx.gint = eps, policy, gint
         return out
 
     @staticmethod
@@ -119,5 +240,12 @@ class SigmoidFocalFunction(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, t, alpha, gamma, weight, denom = ctx.saved_tensors
         scale = grad_out if denom is None else grad_out / denom
-        grad = grad_kernel(x.numel(), x, t, alpha, gamma, weight, ctx.eps, ctx.policy, scale)
+        args = (x, t, alpha, gamma, weight, ctx.eps, ctx.policy)
+        grad = grad_kernel(
+            x.numel(),
+            *args,
+            scale,
+            ctx.gint,
+            eager=lambda: _eager_chunked(*args, ctx.gint, scale, "grad"),
+        )
         return grad, None, None, None, None, None, None, None, None

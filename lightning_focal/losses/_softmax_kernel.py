@@ -9,7 +9,9 @@ exp(γ·log(-expm1(ℓ_c))) and a target distribution q (one-hot, smoothed or gi
 
 ℓ/(1-p) tends to -1 as p -> 1, so the gradient is finite for every γ >= 0. The fast path
 (class-index targets, no label smoothing) needs only ℓ of the target class: the forward is
-one logsumexp, the backward one pass that writes s·(onehot - softmax).
+one logsumexp pass; the backward computes the per-sample s = ∂L/∂ℓ_y (a sample-sized
+kernel), then one pass over the logits that writes s·(onehot - softmax). A scalar integer
+γ in 0..4 held on the CPU takes the product form of (1-p)^γ (see ``static_gamma``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._backend import Kernel
-from ._sigmoid_kernel import Policy, compute_dtype, policy_gamma
+from ._backend import Kernel, eager_chunk, exp_nonpos, use_fast_math
+from ._sigmoid_kernel import Policy, compute_dtype, policy_gamma, static_gamma
 
 
 def _class_view(v: Tensor, ndim: int) -> Tensor:
@@ -27,15 +29,31 @@ def _class_view(v: Tensor, ndim: int) -> Tensor:
     return v.view([1, -1] + [1] * (ndim - 2))
 
 
-def _modulating(logp: Tensor, gamma: Tensor | None, policy: Policy, gamma_shape) -> tuple:
-    tiny = torch.finfo(logp.dtype).tiny
-    p = torch.exp(logp)
+def _logsumexp(xf: Tensor, fast: bool) -> Tensor:
+    """``torch.logsumexp(xf, 1)``; written out with the inlined exp in compiled CPU kernels."""
+    if not fast:
+        return torch.logsumexp(xf, dim=1)
+    m = torch.amax(xf, dim=1, keepdim=True)
+    finite = torch.isfinite(m)
+    m0 = torch.where(finite, m, 0.0)
+    total = exp_nonpos(xf - m0).sum(dim=1)  # x - max <= 0
+    m, finite, m0 = m.squeeze(1), finite.squeeze(1), m0.squeeze(1)
+    return torch.where(finite, torch.log(total) + m0, m)  # ±inf / NaN rows as torch does
+
+
+def _modulating(logp: Tensor, gamma, policy: Policy, gamma_shape, gint, fast: bool) -> tuple:
+    """(p, 1-p, γ, (1-p)^γ); γ a Python int from :func:`static_gamma` takes a product form."""
+    p = exp_nonpos(logp) if fast else torch.exp(logp)  # logp <= 0
     omp = -torch.expm1(logp)
-    if policy is not None:
-        g = policy_gamma(p, policy)
-    else:
-        g = gamma_shape(gamma)
-    m = torch.exp(g * torch.log(torch.clamp_min(omp, tiny)))
+    if gint is not None:
+        m = 1.0
+        for _ in range(gint):
+            m = omp * m
+        return p, omp, float(gint), m
+    tiny = torch.finfo(logp.dtype).tiny
+    g = policy_gamma(p, policy) if policy is not None else gamma_shape(gamma)
+    g_log = g * torch.log(torch.clamp_min(omp, tiny))
+    m = exp_nonpos(g_log) if fast else torch.exp(g_log)
     return p, omp, g, m
 
 
@@ -48,56 +66,85 @@ def _ratio(logp: Tensor, omp: Tensor) -> Tensor:
 # ---- fast path: class-index targets, no label smoothing ---------------------------------
 
 
-def _fast_parts(x, target, alpha, gamma, policy: Policy, ignore_index: int):
+def _float_index(target: Tensor, ignore_index: int, num_classes: int) -> Tensor:
+    """Class indices as float32 for the compiled CPU kernels (exact below 2**24).
+
+    Inductor's CPU code loads int64 and int32 vectors through a stack buffer (a
+    store-forwarding stall on every load) and packs 64-bit compare masks down to float
+    lanes, which made the one-hot compare the slowest part of the full-size gradient pass;
+    float32 loads and compares are single AVX2 instructions (2-3x faster there). The copy
+    holds one value per sample, not per class.
+    """
+    limit = 2**24
+    if -limit < ignore_index < limit and num_classes < limit:
+        return target.to(torch.float32)
+    return target
+
+
+def _fast_parts(x, target, alpha, gamma, policy: Policy, ignore_index: int, gint, lse=None):
     dtype = compute_dtype(x.dtype)
     xf = x.to(dtype)
-    lse = torch.logsumexp(xf, dim=1)
+    fast = use_fast_math(xf)
+    if lse is None:
+        lse = _logsumexp(xf, fast)
     valid = target != ignore_index
     tgt = torch.where(valid, target, 0)
-    x_y = torch.gather(xf, 1, tgt.unsqueeze(1)).squeeze(1)
+    x_y = torch.gather(xf, 1, tgt.long().unsqueeze(1)).squeeze(1)
     logp = torch.clamp_max(x_y - lse, 0.0)
 
     def per_target(g):
-        return g[tgt] if g.dim() == 1 else g
+        return g[tgt.long()] if g.dim() == 1 else g
 
-    p, omp, g, m = _modulating(logp, gamma, policy, per_target)
+    p, omp, g, m = _modulating(logp, gamma, policy, per_target, gint, fast)
     validf = valid.to(dtype)
-    a = alpha[tgt] * validf if alpha is not None else validf
-    return xf, lse, tgt, validf, logp, p, omp, g, m, a
+    a = alpha[tgt.long()] * validf if alpha is not None else validf
+    return lse, validf, logp, p, omp, g, m, a
 
 
-def _fast_loss(x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, reduce: bool):
-    _, lse, _, validf, logp, _, omp, _, m, a = _fast_parts(x, target, alpha, gamma, policy, ignore_index)
+def _fast_loss(
+    x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, reduce: bool, gint
+):
+    lse, validf, logp, _, omp, _, m, a = _fast_parts(
+        x, target, alpha, gamma, policy, ignore_index, gint
+    )
     loss = -a * m * logp
     if eps != 0.0:
         loss = loss + eps * m * omp * validf
     return (loss.sum() if reduce else loss), lse
 
 
-def _fast_grad(x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, lse, scale):
-    in_dtype = x.dtype
-    xf = x.to(compute_dtype(x.dtype))
-    valid = target != ignore_index
-    tgt = torch.where(valid, target, 0)
-    x_y = torch.gather(xf, 1, tgt.unsqueeze(1)).squeeze(1)
-    logp = torch.clamp_max(x_y - lse, 0.0)
-
-    def per_target(g):
-        return g[tgt] if g.dim() == 1 else g
-
-    p, omp, g, m = _modulating(logp, gamma, policy, per_target)
-    validf = valid.to(xf.dtype)
-    a = alpha[tgt] * validf if alpha is not None else validf
+def _fast_scale(
+    x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, lse, scale, gint
+):
+    """Per-sample s = ∂L/∂ℓ_y times the incoming gradient (0 for ignored samples)."""
+    _, validf, logp, p, omp, g, m, a = _fast_parts(
+        x, target, alpha, gamma, policy, ignore_index, gint, lse
+    )
     dl = -a * m * (1.0 - g * p * _ratio(logp, omp))
     if eps != 0.0:
         dl = dl - eps * (g + 1.0) * m * p * validf
-    s = (dl * scale).unsqueeze(1)
-    probs = torch.exp(xf - lse.unsqueeze(1))
+    return dl * scale
+
+
+def _fast_apply(x, target, ignore_index: int, lse, s):
+    """The gradient s·(onehot(y) - softmax(x)): one pass that reads x and writes the result.
+
+    A separate kernel from :func:`_fast_scale` so that inductor reads the per-sample s
+    instead of recomputing it (gather, expm1, ...) for every class.
+    """
+    in_dtype = x.dtype
+    xf = x.to(compute_dtype(x.dtype))
+    fast = use_fast_math(xf)
+    tgt = torch.where(target != ignore_index, target, 0).unsqueeze(1)
+    s = s.unsqueeze(1)
+    shifted = xf - lse.unsqueeze(1)  # <= 0: lse >= max(x)
+    probs = exp_nonpos(shifted) if fast else torch.exp(shifted)
     if torch.compiler.is_compiling():
-        classes = torch.arange(x.shape[1], device=x.device).view([1, -1] + [1] * (x.dim() - 2))
-        grad = s * ((classes == tgt.unsqueeze(1)).to(xf.dtype) - probs)
+        classes = torch.arange(x.shape[1], device=x.device, dtype=tgt.dtype)
+        classes = classes.view([1, -1] + [1] * (x.dim() - 2))
+        grad = s * ((classes == tgt).to(xf.dtype) - probs)
     else:
-        grad = probs.mul_(-s).scatter_add_(1, tgt.unsqueeze(1), s)
+        grad = probs.mul_(-s).scatter_add_(1, tgt.long(), s)
     return grad.to(in_dtype)
 
 
@@ -109,32 +156,47 @@ def _target_distribution(xf, target, is_index: bool, smoothing: float, ignore_in
     if is_index:
         valid = target != ignore_index
         tgt = torch.where(valid, target, 0).unsqueeze(1)
-        classes = torch.arange(num_classes, device=xf.device).view([1, -1] + [1] * (xf.dim() - 2))
+        classes = torch.arange(num_classes, device=xf.device, dtype=tgt.dtype)
+        classes = classes.view([1, -1] + [1] * (xf.dim() - 2))
         q = (classes == tgt).to(xf.dtype) * (1.0 - smoothing) + smoothing / num_classes
         return q * valid.unsqueeze(1).to(xf.dtype)
     return target.to(xf.dtype) * (1.0 - smoothing) + smoothing / num_classes
 
 
-def _general_parts(x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, lse=None):
+def _general_parts(
+    x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, lse=None
+):
     dtype = compute_dtype(x.dtype)
     xf = x.to(dtype)
+    fast = use_fast_math(xf)
     if lse is None:
-        lse = torch.logsumexp(xf, dim=1)
+        lse = _logsumexp(xf, fast)
     logp = torch.clamp_max(xf - lse.unsqueeze(1), 0.0)
 
     def per_class(g):
         return _class_view(g, x.dim()) if g.dim() == 1 else g
 
-    p, omp, g, m = _modulating(logp, gamma, policy, per_class)
+    p, omp, g, m = _modulating(logp, gamma, policy, per_class, gint, fast)
     q = _target_distribution(xf, target, is_index, smoothing, ignore_index)
     w = _class_view(alpha, x.dim()) * q if alpha is not None else q
     return lse, logp, p, omp, g, m, q, w
 
 
-def _general_loss(x, target, is_index: bool, smoothing: float, ignore_index: int, alpha, gamma,
-                  eps: float, policy: Policy, reduce: bool):
+def _general_loss(
+    x,
+    target,
+    is_index: bool,
+    smoothing: float,
+    ignore_index: int,
+    alpha,
+    gamma,
+    eps: float,
+    policy: Policy,
+    reduce: bool,
+    gint,
+):
     lse, logp, _, omp, _, m, q, w = _general_parts(
-        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy
+        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint
     )
     elem = -w * m * logp
     if eps != 0.0:
@@ -143,11 +205,23 @@ def _general_loss(x, target, is_index: bool, smoothing: float, ignore_index: int
     return (loss.sum() if reduce else loss), lse
 
 
-def _general_grad(x, target, is_index: bool, smoothing: float, ignore_index: int, alpha, gamma,
-                  eps: float, policy: Policy, lse, scale):
+def _general_grad(
+    x,
+    target,
+    is_index: bool,
+    smoothing: float,
+    ignore_index: int,
+    alpha,
+    gamma,
+    eps: float,
+    policy: Policy,
+    lse,
+    scale,
+    gint,
+):
     in_dtype = x.dtype
     _, logp, p, omp, g, m, q, w = _general_parts(
-        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, lse
+        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, lse
     )
     d = -w * m * (1.0 - g * p * _ratio(logp, omp))
     if eps != 0.0:
@@ -158,59 +232,176 @@ def _general_grad(x, target, is_index: bool, smoothing: float, ignore_index: int
     return grad.to(in_dtype)
 
 
-def softmax_focal_elementwise(x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy):
+def softmax_focal_elementwise(
+    x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy
+):
     """Per-sample loss, differentiable by autograd (the composite path)."""
     if is_index and smoothing == 0.0:
-        loss, _ = _fast_loss(x, target, alpha, gamma, eps, policy, ignore_index, False)
+        loss, _ = _fast_loss(x, target, alpha, gamma, eps, policy, ignore_index, False, None)
     else:
         loss, _ = _general_loss(
-            x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, False
+            x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, False, None
         )
     return loss
 
 
 fast_loss_kernel = Kernel(_fast_loss)
-fast_grad_kernel = Kernel(_fast_grad)
+fast_scale_kernel = Kernel(_fast_scale)
+fast_apply_kernel = Kernel(_fast_apply)
+fast_grad_kernel = fast_apply_kernel  # the backward's full-size pass, under its former name
 general_loss_kernel = Kernel(_general_loss)
 general_grad_kernel = Kernel(_general_grad)
+
+
+# ---- eager evaluation in chunks of samples ----------------------------------------------
+
+
+def _sample_chunks(x: Tensor) -> list[tuple[int, int]]:
+    """Ranges of dim 0 of about one eager chunk each (at least one sample); softmax chunks
+    are 4x the sigmoid's on CPU, as each costs ~20 op dispatches."""
+    n = x.shape[0]
+    per_sample = max(1, x.numel() // max(n, 1))
+    step = max(1, eager_chunk(x.device, scale=4) // per_sample)
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _eager_loss(x, target, reduce: bool, run) -> tuple[Tensor, Tensor]:
+    """Run ``run(x_chunk, target_chunk, reduce)`` over sample chunks; join losses and lse."""
+    chunks = _sample_chunks(x)
+    if len(chunks) <= 1:
+        return run(x, target, reduce)
+    outs, lses = [], []
+    for i, j in chunks:
+        out, lse = run(x[i:j], target[i:j], reduce)
+        outs.append(out)
+        lses.append(lse)
+    out = torch.stack(outs).sum() if reduce else torch.cat(outs)
+    return out, torch.cat(lses)
+
+
+def _eager_grad(x, target, lse, scale, run) -> Tensor:
+    """Run ``run(x_chunk, target_chunk, lse_chunk, scale_chunk)`` into one gradient tensor."""
+    chunks = _sample_chunks(x)
+    if len(chunks) <= 1:
+        return run(x, target, lse, scale)
+    grad = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for i, j in chunks:
+        sc = scale[i:j] if scale.dim() > 0 else scale
+        grad[i:j] = run(x[i:j], target[i:j], lse[i:j], sc)
+    return grad
 
 
 class SoftmaxFocalFunction(torch.autograd.Function):
     """Saves the inputs and the per-sample logsumexp; no full-size intermediates."""
 
     @staticmethod
-    def forward(ctx, x, target, alpha, gamma, eps, policy, ignore_index, smoothing, is_index,
-                reduce, denom):  # type: ignore[override]
+    def forward(
+        ctx, x, target, alpha, gamma, eps, policy, ignore_index, smoothing, is_index, reduce, denom
+    ):  # type: ignore[override]
         fast = is_index and smoothing == 0.0
+        gint = static_gamma(gamma, policy)
+        kernel = fast_loss_kernel if fast else general_loss_kernel
+        if is_index and x.device.type == "cpu" and kernel.compiles(x.numel()):
+            target = _float_index(target, ignore_index, x.shape[1])
         if fast:
+
+            def run(xc, tc, red):
+                return _fast_loss(xc, tc, alpha, gamma, eps, policy, ignore_index, red, gint)
+
             out, lse = fast_loss_kernel(
-                x.numel(), x, target, alpha, gamma, eps, policy, ignore_index, reduce
+                x.numel(),
+                x,
+                target,
+                alpha,
+                gamma,
+                eps,
+                policy,
+                ignore_index,
+                reduce,
+                gint,
+                eager=lambda: _eager_loss(x, target, reduce, run),
             )
         else:
+
+            def run(xc, tc, red):
+                return _general_loss(
+                    xc, tc, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, red, gint
+                )
+
             out, lse = general_loss_kernel(
-                x.numel(), x, target, is_index, smoothing, ignore_index, alpha, gamma, eps,
-                policy, reduce,
+                x.numel(),
+                x,
+                target,
+                is_index,
+                smoothing,
+                ignore_index,
+                alpha,
+                gamma,
+                eps,
+                policy,
+                reduce,
+                gint,
+                eager=lambda: _eager_loss(x, target, reduce, run),
             )
         if denom is not None:
             out = out / denom
         ctx.save_for_backward(x, target, alpha, gamma, lse, denom)
-        ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast)
+        ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         x, target, alpha, gamma, lse, denom = ctx.saved_tensors
-        eps, policy, ignore_index, smoothing, is_index, fast = ctx.args
+        eps, policy, ignore_index, smoothing, is_index, fast, gint = ctx.args
         # An all-ignored batch: the loss is 0/0 = NaN as in cross_entropy, whose gradient is 0.
         scale = grad_out if denom is None else torch.where(denom == 0, 0.0, grad_out / denom)
         if fast:
-            grad = fast_grad_kernel(
-                x.numel(), x, target, alpha, gamma, eps, policy, ignore_index, lse, scale
-            )
+
+            def run(xc, tc, lc, sc):
+                sv = _fast_scale(xc, tc, alpha, gamma, eps, policy, ignore_index, lc, sc, gint)
+                return _fast_apply(xc, tc, ignore_index, lc, sv)
+
+            numel = x.numel()
+            if fast_apply_kernel.compiles(numel):
+                s = fast_scale_kernel(
+                    numel, x, target, alpha, gamma, eps, policy, ignore_index, lse, scale, gint
+                )
+                grad = fast_apply_kernel(numel, x, target, ignore_index, lse, s)
+            else:
+                grad = _eager_grad(x, target, lse, scale, run)
         else:
+
+            def run(xc, tc, lc, sc):
+                return _general_grad(
+                    xc,
+                    tc,
+                    is_index,
+                    smoothing,
+                    ignore_index,
+                    alpha,
+                    gamma,
+                    eps,
+                    policy,
+                    lc,
+                    sc,
+                    gint,
+                )
+
             grad = general_grad_kernel(
-                x.numel(), x, target, is_index, smoothing, ignore_index, alpha, gamma, eps,
-                policy, lse, scale,
+                x.numel(),
+                x,
+                target,
+                is_index,
+                smoothing,
+                ignore_index,
+                alpha,
+                gamma,
+                eps,
+                policy,
+                lse,
+                scale,
+                gint,
+                eager=lambda: _eager_grad(x, target, lse, scale, run),
             )
         return (grad,) + (None,) * 10

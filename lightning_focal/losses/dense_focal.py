@@ -12,7 +12,7 @@ from .focal_loss import FocalLoss
 from .gamma_policy import SampleDependentGamma
 from .sigmoid_focal import sigmoid_focal_loss
 
-__all__ = ["DenseFocalLoss", "NORMALIZATIONS"]
+__all__ = ["NORMALIZATIONS", "DenseFocalLoss"]
 
 NORMALIZATIONS = ("batch", "per_image", "mean")
 
@@ -69,7 +69,9 @@ class DenseFocalLoss(FocalLoss):
     ) -> None:
         super().__init__("sigmoid", gamma, alpha, "sum", poly1=poly1, num_classes=num_classes)
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+            raise ValueError(
+                f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}"
+            )
         if ema_momentum is not None and not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
         if ema_momentum is not None and normalization != "batch":
@@ -82,7 +84,12 @@ class DenseFocalLoss(FocalLoss):
         self.last_normalizer = torch.tensor(1.0)
 
     def _batch_normalizer(self, num_pos: Tensor) -> Tensor:
-        if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if (
+            self.sync
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             num_pos = num_pos.clone()
             dist.all_reduce(num_pos, op=dist.ReduceOp.SUM)
             num_pos = num_pos / dist.get_world_size()
@@ -97,11 +104,18 @@ class DenseFocalLoss(FocalLoss):
         return num_pos.clamp_min(1.0)
 
     def forward(  # type: ignore[override]
-        self, input: Tensor, target: Tensor, *, weight: Tensor | None = None, normalizer: float | Tensor | None = None
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
     ) -> Tensor:
         """Loss of ``(N, anchors, C)`` logits; ``normalizer`` overrides the positive count."""
         if input.dim() != 3:
-            raise ValueError(f"DenseFocalLoss expects (N, anchors, C) logits, got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"DenseFocalLoss expects (N, anchors, C) logits, got shape {tuple(input.shape)}"
+            )
         if weight is not None and weight.dim() == 2:
             weight = weight.unsqueeze(-1)
         positive = (target > 0).any(dim=-1)
@@ -113,16 +127,38 @@ class DenseFocalLoss(FocalLoss):
         if normalizer is not None:
             norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
             self.last_normalizer = norm.detach()
-            return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=weight, normalizer=norm, poly1=self.poly1)
+            return sigmoid_focal_loss(
+                input,
+                target,
+                self.alpha,
+                gamma,
+                "sum",
+                weight=weight,
+                normalizer=norm,
+                poly1=self.poly1,
+            )
         if self.normalization == "mean":
             self.last_normalizer = torch.tensor(float(input[..., 0].numel()))
-            return sigmoid_focal_loss(input, target, self.alpha, gamma, "mean", weight=weight, poly1=self.poly1)
+            return sigmoid_focal_loss(
+                input, target, self.alpha, gamma, "mean", weight=weight, poly1=self.poly1
+            )
         if self.normalization == "per_image":
             scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
             scale = scale.view(-1, 1, 1)
             w = scale if weight is None else weight.to(scale.dtype) * scale
             self.last_normalizer = per_image.clamp_min(1.0).mean().detach()
-            return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=w, poly1=self.poly1)
+            return sigmoid_focal_loss(
+                input, target, self.alpha, gamma, "sum", weight=w, poly1=self.poly1
+            )
         norm = self._batch_normalizer(per_image.sum())
         self.last_normalizer = norm.detach()
-        return sigmoid_focal_loss(input, target, self.alpha, gamma, "sum", weight=weight, normalizer=norm, poly1=self.poly1)
+        return sigmoid_focal_loss(
+            input,
+            target,
+            self.alpha,
+            gamma,
+            "sum",
+            weight=weight,
+            normalizer=norm,
+            poly1=self.poly1,
+        )

@@ -20,12 +20,16 @@ def _gamma_arg(gamma: Any) -> Any:
     """γ from config: a float, a per-class list, or {thresholds, gammas} for a sample-dependent policy."""
     if isinstance(gamma, dict) or (hasattr(gamma, "keys") and "gammas" in gamma):
         return SampleDependentGamma(tuple(gamma["thresholds"]), tuple(gamma["gammas"]))
-    if isinstance(gamma, (list, tuple)) or (hasattr(gamma, "__len__") and not isinstance(gamma, str)):
+    if isinstance(gamma, (list, tuple)) or (
+        hasattr(gamma, "__len__") and not isinstance(gamma, str)
+    ):
         return [float(g) for g in gamma]
     return float(gamma)
 
 
-def reliability_bins(confidence: Tensor, correct: Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+def reliability_bins(
+    confidence: Tensor, correct: Tensor, n_bins: int = 15
+) -> dict[str, list[float]]:
     """Per-bin mean confidence, accuracy and count of top-label predictions.
 
     Example:
@@ -95,11 +99,17 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         import timm  # the train extra; not imported by `import lightning_focal`
 
         self.net = timm.create_model(
-            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {})
+            model_name,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            **(model_kwargs or {}),
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        )
         self.configure_focal_loss(
             "softmax",
             gamma=_gamma_arg(gamma),
@@ -151,7 +161,11 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.log_dict(self.test_recall.compute())  # synced across ranks by torchmetrics
         self.test_recall.reset()
         conf = torch.cat(self._test_conf) if self._test_conf else torch.zeros(0, device=self.device)
-        correct = torch.cat(self._test_correct) if self._test_correct else torch.zeros(0, device=self.device)
+        correct = (
+            torch.cat(self._test_correct)
+            if self._test_correct
+            else torch.zeros(0, device=self.device)
+        )
         if self.trainer.world_size > 1:
             conf = self.all_gather(conf).flatten()
             correct = self.all_gather(correct).flatten()
@@ -165,4 +179,7 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         optimizer = factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }

@@ -81,18 +81,25 @@ def test_sigmoid_losses_get_alpha_in_unit_interval(tmp_path):
 def test_alpha_kept_in_checkpoint_and_not_recounted(tmp_path):
     callback = ClassBalancedAlpha(beta=0.9)
     trainer = fast_trainer(
-        tmp_path, max_steps=2, enable_checkpointing=True, callbacks=[callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+        tmp_path,
+        max_steps=2,
+        enable_checkpointing=True,
+        callbacks=[callback, ModelCheckpoint(dirpath=tmp_path, save_last=True)],
     )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     (key,) = [k for k in state["callbacks"] if k.startswith("ClassBalancedAlpha")]
     assert state["callbacks"][key]["counts"] == list(COUNTS)
-    assert state["state_dict"]["focal_loss.alpha"].tolist() == pytest.approx(hand_effective_number(COUNTS, 0.9))
+    assert state["state_dict"]["focal_loss.alpha"].tolist() == pytest.approx(
+        hand_effective_number(COUNTS, 0.9)
+    )
     # Resume with a datamodule whose counts differ: α must come from the checkpoint.
     resumed = ClassBalancedAlpha(beta=0.9)
     model = BoringFocalClassifier()
     trainer = fast_trainer(tmp_path, max_steps=3, callbacks=[resumed])
-    trainer.fit(model, ImbalancedBlobsDataModule((10, 10, 10)), ckpt_path=str(tmp_path / "last.ckpt"))
+    trainer.fit(
+        model, ImbalancedBlobsDataModule((10, 10, 10)), ckpt_path=str(tmp_path / "last.ckpt")
+    )
     assert resumed.counts == list(COUNTS)
     assert model.focal_loss.alpha.tolist() == pytest.approx(hand_effective_number(COUNTS, 0.9))
 

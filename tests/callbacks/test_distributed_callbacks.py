@@ -23,8 +23,12 @@ class RankSpread(Callback):
             (f"alpha{c}", a) for c, a in enumerate(loss.alpha.tolist())
         ]:
             value = torch.as_tensor(value, dtype=torch.float32)
-            pl_module.log(f"spread/{name}_min", value, sync_dist=True, reduce_fx="min", on_step=True)
-            pl_module.log(f"spread/{name}_max", value, sync_dist=True, reduce_fx="max", on_step=True)
+            pl_module.log(
+                f"spread/{name}_min", value, sync_dist=True, reduce_fx="min", on_step=True
+            )
+            pl_module.log(
+                f"spread/{name}_max", value, sync_dist=True, reduce_fx="max", on_step=True
+            )
 
 
 def run(tmp_path, strategy, devices):
@@ -35,7 +39,12 @@ def run(tmp_path, strategy, devices):
         RankSpread(),
     ]
     trainer = fast_trainer(
-        tmp_path, max_steps=3, strategy=strategy, devices=devices, callbacks=callbacks, deterministic=False
+        tmp_path,
+        max_steps=3,
+        strategy=strategy,
+        devices=devices,
+        callbacks=callbacks,
+        deterministic=False,
     )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS, expose_counts=False))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

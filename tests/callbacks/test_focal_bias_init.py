@@ -31,7 +31,9 @@ def test_sets_prior_on_fresh_fit(tmp_path):
 
 def test_explicit_layers_override(tmp_path):
     model = BoringFocalClassifier(mode="sigmoid", lr=0.0)
-    trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[FocalBiasInit(prior=0.5, layers=["net.0"])])
+    trainer = fast_trainer(
+        tmp_path, max_steps=1, callbacks=[FocalBiasInit(prior=0.5, layers=["net.0"])]
+    )
     trainer.fit(model, ImbalancedBlobsDataModule())
     assert torch.count_nonzero(model.net[0].bias) == 0
     assert not torch.allclose(model.net[2].bias, torch.zeros(3))
@@ -39,7 +41,9 @@ def test_explicit_layers_override(tmp_path):
 
 def test_not_applied_on_resume(tmp_path):
     trainer = fast_trainer(
-        tmp_path, max_steps=2, enable_checkpointing=True,
+        tmp_path,
+        max_steps=2,
+        enable_checkpointing=True,
         callbacks=[FocalBiasInit(prior=0.01), ModelCheckpoint(dirpath=tmp_path, save_last=True)],
     )
     trainer.fit(BoringFocalClassifier(mode="sigmoid", lr=0.5), ImbalancedBlobsDataModule())
@@ -52,7 +56,11 @@ def test_not_applied_on_resume(tmp_path):
 
     seen = BiasAtTrainStart()
     trainer = fast_trainer(tmp_path, max_steps=3, callbacks=[FocalBiasInit(prior=0.01), seen])
-    trainer.fit(BoringFocalClassifier(mode="sigmoid"), ImbalancedBlobsDataModule(), ckpt_path=str(tmp_path / "last.ckpt"))
+    trainer.fit(
+        BoringFocalClassifier(mode="sigmoid"),
+        ImbalancedBlobsDataModule(),
+        ckpt_path=str(tmp_path / "last.ckpt"),
+    )
     assert torch.equal(seen.bias, restored)
 
 

@@ -39,7 +39,10 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     schedule = LinearWarmup(start=0.0, end=1.0, steps=4)
     recorder = GammaRecorder()
     trainer = fast_trainer(
-        tmp_path, max_epochs=1, accumulate_grad_batches=2, callbacks=[GammaWarmup(schedule), recorder]
+        tmp_path,
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        callbacks=[GammaWarmup(schedule), recorder],
     )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     gammas = [g[0] for _, g in recorder.seen]
@@ -50,7 +53,9 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
 def test_epoch_interval_and_per_class_values(tmp_path):
     schedule = MultiStepGamma(values=[[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]], milestones=[1])
     recorder = GammaRecorder()
-    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[GammaWarmup(schedule, interval="epoch"), recorder])
+    trainer = fast_trainer(
+        tmp_path, max_epochs=2, callbacks=[GammaWarmup(schedule, interval="epoch"), recorder]
+    )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     assert recorder.seen[0][1] == [0.0, 1.0, 2.0]
     assert recorder.seen[-1][1] == [1.0, 2.0, 3.0]
@@ -62,7 +67,9 @@ def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
         callbacks = [GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=20)), recorder]
         if checkpoint:
             callbacks.append(ModelCheckpoint(dirpath=root, save_last=True))
-        trainer = fast_trainer(root, max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=checkpoint)
+        trainer = fast_trainer(
+            root, max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=checkpoint
+        )
         torch.manual_seed(0)
         trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS), ckpt_path=ckpt_path)
         return recorder.seen
@@ -83,16 +90,25 @@ def test_checkpoint_state_is_primitive(tmp_path):
         tmp_path,
         max_steps=3,
         enable_checkpointing=True,
-        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=1.0, steps=10)), ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+        callbacks=[
+            GammaWarmup(LinearWarmup(start=0.0, end=1.0, steps=10)),
+            ModelCheckpoint(dirpath=tmp_path, save_last=True),
+        ],
     )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     (key,) = [k for k in state["callbacks"] if k.startswith("GammaWarmup")]
-    assert state["callbacks"][key] == {"last_step": 2, "last_gamma": pytest.approx(0.2), "interval": "step"}
+    assert state["callbacks"][key] == {
+        "last_step": 2,
+        "last_gamma": pytest.approx(0.2),
+        "interval": "step",
+    }
 
 
 def test_gamma_logged(tmp_path):
-    trainer = fast_trainer(tmp_path, max_steps=5, callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10))])
+    trainer = fast_trainer(
+        tmp_path, max_steps=5, callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10))]
+    )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     assert float(trainer.callback_metrics["focal/gamma"]) == pytest.approx(0.8)
 
@@ -106,6 +122,8 @@ def test_errors(tmp_path):
     with pytest.raises(MisconfigurationException, match="found no FocalLoss in BoringModel"):
         trainer.fit(BoringModel())
     # Infinite training: a schedule given as a fraction of it cannot be resolved.
-    trainer = fast_trainer(tmp_path, max_steps=-1, max_epochs=-1, callbacks=[GammaWarmup(LinearWarmup(fraction=0.5))])
+    trainer = fast_trainer(
+        tmp_path, max_steps=-1, max_epochs=-1, callbacks=[GammaWarmup(LinearWarmup(fraction=0.5))]
+    )
     with pytest.raises(MisconfigurationException, match="invalid schedule"):
         trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))

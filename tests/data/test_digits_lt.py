@@ -76,7 +76,9 @@ def test_shapes_and_dtypes() -> None:
 
 
 def test_channels_are_replicas(digits_dm: DigitsLTDataModule) -> None:
-    images = torch.stack([digits_dm.train_set[i][0] for i in range(4)] + list(digits_dm.test_set.tensors[0][:4]))
+    images = torch.stack(
+        [digits_dm.train_set[i][0] for i in range(4)] + list(digits_dm.test_set.tensors[0][:4])
+    )
     assert images.shape[1:] == (3, 32, 32)
     assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
 

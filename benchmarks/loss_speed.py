@@ -1,0 +1,560 @@
+"""Speed and peak extra memory of the focal losses against torchvision, torch and the floors.
+
+Every implementation of a case runs side by side in one process, interleaved: each of the
+``--repeats`` rounds times every implementation once (forward, then forward+backward), in
+a rotated order, and the table reports the medians. On CPU the clock is the process CPU
+time (``time.process_time``; ``--clock thread|wall`` for the others) with one intra-op
+thread by default, so a busy neighbour core does not inflate the numbers. On CUDA the
+times come from CUDA events.
+
+Peak extra memory is the highest amount of memory allocated during the call above what
+was allocated before it: the loss, the tensors autograd saves, every temporary and the
+gradient. On CPU it is measured by replaying the allocator events that
+``torch.profiler`` records (``profile_memory=True``) in time order and taking the peak of
+the running sum; the script checks this on ``torch.empty(1 << 20)`` (4 MiB) first. On
+CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory allocated before.
+
+    python benchmarks/loss_speed.py --markdown            # the table in benchmarks/README.md
+    python benchmarks/loss_speed.py --quick               # a short run
+    python benchmarks/loss_speed.py --device cuda --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile-worker pool
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet profiler (memory probe) logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import lightning_focal
+from lightning_focal.losses import set_backend, sigmoid_focal_loss, softmax_focal_loss
+
+try:
+    from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
+except ImportError:  # torchvision is optional: its row is skipped
+    tv_sigmoid_focal_loss = None
+
+GAMMA = 2.0
+ALPHA = 0.25
+MIB = float(1 << 20)
+
+
+# ---- implementations -------------------------------------------------------------------
+# Each takes (x, t) and returns a 0-d loss. Sigmoid cases use reduction="sum" (RetinaNet
+# sums and divides by the positives), softmax cases use reduction="mean" (cross_entropy's
+# default).
+
+
+def lf_sigmoid(backend: str) -> Callable[[Tensor, Tensor], Tensor]:
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        set_backend(backend)
+        try:
+            return sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="sum")
+        finally:
+            set_backend(None)
+
+    return fn
+
+
+def tv_sigmoid(x: Tensor, t: Tensor) -> Tensor:
+    return tv_sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="sum")
+
+
+def textbook_sigmoid(x: Tensor, t: Tensor) -> Tensor:
+    """-α_t (1-p_t)^γ log p_t as usually written (and unsafe at saturated logits)."""
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = ALPHA * t + (1 - ALPHA) * (1 - t)
+    return (-alpha_t * (1 - p_t) ** GAMMA * torch.log(p_t.clamp_min(1e-12))).sum()
+
+
+def bce_sigmoid(x: Tensor, t: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(x, t, reduction="sum")
+
+
+def lf_softmax(backend: str) -> Callable[[Tensor, Tensor], Tensor]:
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        set_backend(backend)
+        try:
+            return softmax_focal_loss(x, t, gamma=GAMMA)
+        finally:
+            set_backend(None)
+
+    return fn
+
+
+def ce_softmax(x: Tensor, t: Tensor) -> Tensor:
+    return F.cross_entropy(x, t)
+
+
+def textbook_softmax(x: Tensor, t: Tensor) -> Tensor:
+    logp = F.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    return (-((1 - logp.exp()) ** GAMMA) * logp).mean()
+
+
+def kornia_softmax(x: Tensor, t: Tensor) -> Tensor:
+    """kornia.losses.focal_loss's form: every class's focal term times a one-hot target."""
+    log_p = F.log_softmax(x, dim=1)
+    p = log_p.exp()
+    one_hot = F.one_hot(t, x.shape[1]).movedim(-1, 1).to(x.dtype)
+    return (-((1.0 - p) ** GAMMA) * log_p * one_hot).sum(dim=1).mean()
+
+
+# ---- bandwidth floor: read two tensors, write one ------------------------------------
+
+
+class BandwidthFloor:
+    """``torch.add(a, b, out=c)``: the traffic of a fused backward (read x and t, write grad)."""
+
+    def __init__(self) -> None:
+        self.out: Tensor | None = None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        x = x.detach()
+        other = t if t.shape == x.shape and t.is_floating_point() else x
+        if self.out is None or self.out.shape != x.shape:
+            self.out = torch.empty_like(x)
+        return torch.add(x, other, out=self.out)
+
+
+# ---- clocks and memory -----------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_timer(device: torch.device, clock: str) -> Callable[[Callable[[], None]], float]:
+    if device.type == "cuda":
+
+        def cuda_time(fn: Callable[[], None]) -> float:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        return cuda_time
+    now = {"process": time.process_time, "thread": time.thread_time, "wall": time.perf_counter}[
+        clock
+    ]
+
+    def cpu_time(fn: Callable[[], None]) -> float:
+        start = now()
+        fn()
+        return (now() - start) * 1e3
+
+    return cpu_time
+
+
+def cpu_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak of the running sum of the CPU allocations and frees that ``fn`` makes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    events.sort(key=lambda item: item[0])
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+def cuda_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    gc.collect()
+    return cuda_peak_bytes(fn, device) if device.type == "cuda" else cpu_peak_bytes(fn)
+
+
+def validate_memory(device: torch.device) -> int:
+    """The memory probe must see a known allocation: ``torch.empty(1 << 20)`` is 4 MiB."""
+
+    def alloc() -> None:
+        a = torch.empty(1 << 20, device=device)
+        del a
+
+    measured = peak_bytes(alloc, device)
+    if measured != 4 << 20:
+        raise RuntimeError(f"memory probe measured {measured} bytes for a 4 MiB allocation")
+    return measured
+
+
+# ---- cases -----------------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    backward: bool = True  # False: the row has no fwd+bwd (the bandwidth floor)
+    fwd: list[float] = field(default_factory=list)
+    fwd_bwd: list[float] = field(default_factory=list)
+    peak_fwd: int = 0
+    peak_fwd_bwd: int = 0
+
+
+@dataclass
+class Case:
+    title: str
+    shape: tuple[int, ...]
+    reference: str  # the row that ratios are taken against
+    floor: str
+    make_inputs: Callable[[torch.device, torch.Generator], tuple[Tensor, Tensor]]
+    impls: list[Impl]
+
+
+def sigmoid_inputs(shape: tuple[int, ...]):
+    def make(device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        # logits around the RetinaNet prior bias -log(99); ~0.1 % positives.
+        x = torch.randn(shape, generator=gen) * 1.5 - 4.6
+        t = (torch.rand(shape, generator=gen) < 1e-3).float()
+        return x.to(device), t.to(device)
+
+    return make
+
+
+def softmax_inputs(shape: tuple[int, ...]):
+    def make(device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = torch.randn(shape, generator=gen) * 2.0
+        t_shape = (shape[0], *shape[2:])
+        t = torch.randint(0, shape[1], t_shape, generator=gen)
+        return x.to(device), t.to(device)
+
+    return make
+
+
+def sigmoid_case(numel: int) -> Case:
+    shape = (8, numel // (8 * 80), 80) if numel >= 8_000_000 else (2, numel // (2 * 80), 80)
+    impls = [
+        Impl("lightning_focal (compiled)", lf_sigmoid("compile")),
+        Impl("lightning_focal (eager)", lf_sigmoid("eager")),
+    ]
+    if tv_sigmoid_focal_loss is not None:
+        impls.append(Impl("torchvision.ops.sigmoid_focal_loss", tv_sigmoid))
+    impls += [
+        Impl("textbook formula", textbook_sigmoid),
+        Impl("F.binary_cross_entropy_with_logits (floor)", bce_sigmoid),
+        Impl("bandwidth floor: add(x, t, out=c)", BandwidthFloor(), backward=False),
+    ]
+    reference = (
+        "torchvision.ops.sigmoid_focal_loss" if tv_sigmoid_focal_loss else "textbook formula"
+    )
+    return Case(
+        f"sigmoid, {math.prod(shape) / 1e6:g}e6 elements {shape}, γ=2, α=0.25, sum",
+        shape,
+        reference,
+        "F.binary_cross_entropy_with_logits (floor)",
+        sigmoid_inputs(shape),
+        impls,
+    )
+
+
+def softmax_case(shape: tuple[int, ...]) -> Case:
+    impls = [
+        Impl("lightning_focal (compiled)", lf_softmax("compile")),
+        Impl("lightning_focal (eager)", lf_softmax("eager")),
+        Impl("F.cross_entropy (floor)", ce_softmax),
+        Impl("textbook focal (log_softmax, gather)", textbook_softmax),
+        Impl("kornia-style focal (all classes × one-hot)", kornia_softmax),
+        Impl("bandwidth floor: add(x, x, out=c)", BandwidthFloor(), backward=False),
+    ]
+    return Case(
+        f"softmax, {tuple(shape)}, class-index targets, γ=2, mean",
+        shape,
+        "F.cross_entropy (floor)",
+        "F.cross_entropy (floor)",
+        softmax_inputs(shape),
+        impls,
+    )
+
+
+def cases(quick: bool) -> list[Case]:
+    if quick:
+        return [sigmoid_case(1_000_000), softmax_case((4096, 1000))]
+    return [
+        sigmoid_case(1_000_000),
+        sigmoid_case(8_000_000),
+        softmax_case((4096, 1000)),
+        softmax_case((8, 21, 128, 128)),
+    ]
+
+
+# ---- running ---------------------------------------------------------------------------
+
+
+def run_case(case: Case, device: torch.device, repeats: int, warmup: int, clock: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, t = case.make_inputs(device, gen)
+    x.requires_grad_(True)
+    timer = make_timer(device, clock)
+
+    def fwd(impl: Impl) -> Callable[[], None]:
+        def go() -> None:
+            impl.fn(x, t)
+
+        return go
+
+    def fwd_bwd(impl: Impl) -> Callable[[], None]:
+        def go() -> None:
+            (grad,) = torch.autograd.grad(impl.fn(x, t), x)
+            del grad
+
+        return go
+
+    for impl in case.impls:
+        # Warm up (includes the one-off compile of the lightning_focal kernels).
+        for _ in range(warmup):
+            fwd(impl)()
+            if impl.backward:
+                fwd_bwd(impl)()
+        sync(device)
+        impl.peak_fwd = peak_bytes(fwd(impl), device)
+        if impl.backward:
+            impl.peak_fwd_bwd = peak_bytes(fwd_bwd(impl), device)
+
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        n = len(case.impls)
+        for r in range(repeats):
+            for k in range(n):
+                impl = case.impls[(r + k) % n]  # rotate who goes first
+                impl.fwd.append(timer(fwd(impl)))
+                if impl.backward:
+                    impl.fwd_bwd.append(timer(fwd_bwd(impl)))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def check_agreement(case: Case, device: torch.device) -> str:
+    """The lightning_focal rows must equal the reference's loss and gradient."""
+    gen = torch.Generator().manual_seed(1)
+    x, t = case.make_inputs(device, gen)
+    x.requires_grad_(True)
+    by_name = {impl.name: impl for impl in case.impls}
+    ref_name = (
+        case.reference
+        if case.title.startswith("sigmoid")
+        else "textbook focal (log_softmax, gather)"
+    )
+    ref = by_name[ref_name].fn(x, t)
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    worst = 0.0
+    for name in ("lightning_focal (compiled)", "lightning_focal (eager)"):
+        out = by_name[name].fn(x, t)
+        (grad,) = torch.autograd.grad(out, x)
+        rel = abs(out.item() - ref.item()) / max(abs(ref.item()), 1e-30)
+        gerr = ((grad - ref_grad).abs().max() / ref_grad.abs().max().clamp_min(1e-30)).item()
+        worst = max(worst, rel, gerr)
+        if rel > 1e-4 or gerr > 1e-4:
+            raise AssertionError(f"{case.title}: {name} disagrees with {ref_name}: {rel=} {gerr=}")
+    return f"agrees with {ref_name} (max rel. error {worst:.1e})"
+
+
+def fmt_ms(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "—"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or a == 0:
+        return "—"
+    return f"{b / a:.1f}x" if b >= a else f"1/{a / b:.1f}"
+
+
+def report(case: Case, markdown: bool, check: str) -> str:
+    ref = next(impl for impl in case.impls if impl.name == case.reference)
+    ref_t = statistics.median(ref.fwd_bwd)
+    ref_m = ref.peak_fwd_bwd
+    ref_label = "torchvision" if "torchvision" in ref.name else ref.name.split(" ")[0]
+    head = [
+        "implementation",
+        "fwd ms",
+        "fwd+bwd ms",
+        "peak extra MiB fwd",
+        "peak extra MiB fwd+bwd",
+        f"fwd+bwd speed-up vs {ref_label}",
+        f"memory vs {ref_label}",
+    ]
+    rows = []
+    for impl in case.impls:
+        t_fb = statistics.median(impl.fwd_bwd) if impl.fwd_bwd else None
+        rows.append(
+            [
+                impl.name,
+                fmt_ms(impl.fwd),
+                fmt_ms(impl.fwd_bwd),
+                f"{impl.peak_fwd / MIB:.1f}",
+                f"{impl.peak_fwd_bwd / MIB:.1f}" if impl.backward else "—",
+                f"{ref_t / t_fb:.2f}x" if t_fb else "—",
+                f"{impl.peak_fwd_bwd / ref_m:.3f}" if impl.backward and ref_m else "—",
+            ]
+        )
+    lines = [f"### {case.title}" if markdown else f"== {case.title}", ""]
+    if markdown:
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for row in [head, *rows]:
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths))
+                )
+            )
+    lines += ["", f"lightning_focal {check}.", ""]
+    return "\n".join(lines)
+
+
+def targets(all_cases: list[Case]) -> str:
+    """Issue 2's targets, judged on the compiled backend."""
+    lines = ["Targets (lightning_focal compiled, fwd+bwd medians):", ""]
+    for case in all_cases:
+        by_name = {impl.name: impl for impl in case.impls}
+        lf = by_name["lightning_focal (compiled)"]
+        ref = by_name[case.reference]
+        t_lf, t_ref = statistics.median(lf.fwd_bwd), statistics.median(ref.fwd_bwd)
+        if case.title.startswith("sigmoid"):
+            speed = t_ref / t_lf
+            mem = lf.peak_fwd_bwd / ref.peak_fwd_bwd
+            ok = speed >= 8.0 and mem <= 1 / 8
+            lines.append(
+                f"- {case.title}: {speed:.1f}x faster than {ref.name} (target >= 8x), "
+                f"{mem:.3f} of its peak extra memory (target <= 0.125): "
+                f"{'met' if ok else 'NOT met'}"
+            )
+        else:
+            ratio = t_lf / t_ref
+            lines.append(
+                f"- {case.title}: {ratio:.2f}x the time of F.cross_entropy (target <= 1.00): "
+                f"{'met' if ratio <= 1.0 else 'NOT met'}"
+            )
+    return "\n".join(lines)
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc keep freed heap memory (no trimming, mmap only from 32 MiB up).
+
+    By default glibc returns large freed blocks to the OS, so the next allocation of that
+    size page-faults and zero-fills fresh pages: a cost of a few ms that lands on whichever
+    implementation allocates next, depending on what ran before it in the round. With
+    ``--allocator retain`` every implementation reuses warm heap memory instead.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+    return ok and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved rounds (15; quick 5)"
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per implementation")
+    parser.add_argument(
+        "--clock",
+        choices=("process", "thread", "wall"),
+        default="process",
+        help="CPU clock: process CPU time (default), thread CPU time, wall time",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("system", "retain"),
+        default="system",
+        help="CPU: glibc as configured (default) or 'retain' freed memory (no page-fault noise)",
+    )
+    parser.add_argument("--quick", action="store_true", help="two small cases, 5 rounds")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    torch.set_num_threads(args.threads)
+    allocator = args.allocator
+    if device.type == "cpu" and allocator == "retain" and not retain_freed_memory():
+        allocator = "system (retain unavailable)"
+    repeats = args.repeats or (5 if args.quick else 15)
+    validate_memory(device)
+
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, CUDA events"
+    else:
+        where = f"{cpu_model()}, {args.threads} thread(s), {args.clock} time, {allocator} allocator"
+    print(f"# lightning_focal {getattr(lightning_focal, '__version__', '?')} loss benchmark")
+    print()
+    print(
+        f"torch {torch.__version__}, Python {platform.python_version()}, {where}; "
+        f"{repeats} interleaved rounds, medians; memory probe checked on a 4 MiB allocation."
+    )
+    print(
+        f"Command: python benchmarks/loss_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    )
+    print()
+    start = time.perf_counter()
+    all_cases = cases(args.quick)
+    for case in all_cases:
+        run_case(case, device, repeats, args.warmup, args.clock)
+        print(report(case, args.markdown, check_agreement(case, device)), flush=True)
+    print(targets(all_cases))
+    print()
+    print(f"(benchmark wall time {time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
