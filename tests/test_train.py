@@ -255,3 +255,45 @@ def test_ddp_trainer_follows_slurm_env(monkeypatch):
     monkeypatch.delenv("SLURM_NNODES")
     cfg = compose_with("trainer=ddp")
     assert cfg.trainer.devices == "auto" and cfg.trainer.num_nodes == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_multirun_sweep_on_one_machine(tmp_path):
+    proc = run_cli(
+        tmp_path, "-m", "loss.gamma=0,2", "debug=fdr", "threads=1", "callbacks.focal_plots=null"
+    )
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert jobs == ["0", "1"], jobs
+    overrides = [(sweeps[0] / j / ".hydra" / "overrides.yaml").read_text() for j in jobs]
+    assert "loss.gamma=0" in overrides[0] and "loss.gamma=2" in overrides[1]
+    assert "#0 : loss.gamma=0" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_built_wheel_ships_the_configs(tmp_path):
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-w", str(tmp_path), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("lightning_focal-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"lightning_focal/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")
+    }
+    assert expected and expected <= names, sorted(expected - names)[:5]
+    assert "lightning_focal/train.py" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "lightning-focal-train = lightning_focal.train:main"
+        in zipfile.ZipFile(wheel).read(entry).decode()
+    )
