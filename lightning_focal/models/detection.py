@@ -195,8 +195,11 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
     # -- construction ---------------------------------------------------------------------
 
     def build_detector(self, backbone: TimmFPNBackbone, focal_loss: DenseFocalLoss) -> nn.Module:
-        """The torchvision detector on ``backbone`` whose classification head holds ``focal_loss``."""
-        raise NotImplementedError
+        """The torchvision detector on ``backbone`` whose classification head holds ``focal_loss``.
+
+        The extension point of :class:`DenseDetector`: RetinaNet and FCOS override it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override build_detector()")
 
     def _detector_kwargs(self, backbone: TimmFPNBackbone) -> dict[str, Any]:
         hp = self.hparams
