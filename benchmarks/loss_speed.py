@@ -524,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU: 'retain' freed heap memory (default: no page-fault noise) or 'system' glibc",
     )
     parser.add_argument("--quick", action="store_true", help="two small cases, 5 rounds")
+    parser.add_argument(
+        "--only", choices=("sigmoid", "softmax"), default=None, help="run one loss's cases"
+    )
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args(argv)
 
@@ -552,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     start = time.perf_counter()
-    all_cases = cases(args.quick)
+    all_cases = [c for c in cases(args.quick) if args.only is None or c.title.startswith(args.only)]
     for case in all_cases:
         run_case(case, device, repeats, args.warmup, args.clock)
         print(report(case, args.markdown, check_agreement(case, device)), flush=True)
