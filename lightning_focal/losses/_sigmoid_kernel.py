@@ -134,29 +134,51 @@ def _loss_kernel(
     return loss.sum() if reduce else loss
 
 
-def _grad_kernel(
-    x, t, alpha, gamma, weight, eps: float, policy: Policy, scale: Tensor, gint: int | None
-) -> Tensor:
-    in_dtype = x.dtype
-    fast = use_fast_math(x)
+def _grad_terms(x, t, alpha, gamma, weight, eps, policy, gint, fast, with_loss: bool):
+    """(elementwise loss or None, unscaled gradient), both in the compute dtype."""
     x, t, one_m_t, s, sn, ss, ce, q, d = _parts(x, t, fast)
     m, dm_ss, g = _modulation(t, s, sn, ss, q, gamma, policy, gint, fast)
     one_m_2t = one_m_t - t
     grad = d * m
     if dm_ss is not None:
         grad = grad + ce * dm_ss * one_m_2t
+    loss = ce * m if with_loss else None
     a_t = _alpha_t(alpha, t, one_m_t)
     if a_t is not None:
         grad = a_t * grad
+        loss = a_t * loss if loss is not None else None
     if eps != 0.0:
         grad = grad + eps * (g + 1.0) * m * ss * one_m_2t
+        loss = loss + eps * m * q if loss is not None else None
     if weight is not None:
-        grad = grad * weight.to(grad.dtype)
+        w = weight.to(grad.dtype)
+        grad = grad * w
+        loss = loss * w if loss is not None else None
+    return loss, grad
+
+
+def _grad_kernel(
+    x, t, alpha, gamma, weight, eps: float, policy: Policy, scale: Tensor, gint: int | None
+) -> Tensor:
+    in_dtype = x.dtype
+    _, grad = _grad_terms(x, t, alpha, gamma, weight, eps, policy, gint, use_fast_math(x), False)
     return (grad * scale).to(in_dtype)
+
+
+def _loss_grad_kernel(
+    x, t, alpha, gamma, weight, eps: float, policy: Policy, reduce: bool, gint, scale
+) -> tuple[Tensor, Tensor]:
+    """The loss (summed if ``reduce``) and its gradient times ``scale``, from one pass."""
+    in_dtype = x.dtype
+    loss, grad = _grad_terms(x, t, alpha, gamma, weight, eps, policy, gint, use_fast_math(x), True)
+    if scale is not None:
+        grad = grad * scale
+    return (loss.sum() if reduce else loss), grad.to(in_dtype)
 
 
 loss_kernel = Kernel(_loss_kernel)
 grad_kernel = Kernel(_grad_kernel)
+loss_grad_kernel = Kernel(_loss_grad_kernel)
 
 
 # ---- eager evaluation in chunks ---------------------------------------------------------
@@ -181,44 +203,72 @@ def _view(v: Tensor | None, shape: torch.Size, view_shape: tuple[int, ...]) -> T
     return v.expand(shape).reshape(view_shape) if v.dim() > 0 else v
 
 
-def _eager_chunked(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: str) -> Tensor:
-    """The loss ("sum" or "none") or the gradient ("grad") computed chunk by chunk."""
+def _eager_chunked(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: str):
+    """Chunk by chunk: the loss ("sum" or "none"), the gradient ("grad"), or both as
+    ``(loss, gradient)`` ("sum+grad" or "none+grad")."""
     if x.numel() <= eager_chunk(x.device):
         if mode == "grad":
             return _grad_kernel(x, t, alpha, gamma, weight, eps, policy, scale, gint)
+        if mode.endswith("+grad"):
+            reduce = mode == "sum+grad"
+            return _loss_grad_kernel(x, t, alpha, gamma, weight, eps, policy, reduce, gint, scale)
         return _loss_kernel(x, t, alpha, gamma, weight, eps, policy, mode == "sum", gint)
     per_class = weight is not None or any(v is not None and v.dim() > 0 for v in (alpha, gamma))
     view_shape, step = _chunk_views(x, per_class)
     xv, tv = x.reshape(view_shape), t.reshape(view_shape)
     wv = _view(weight, x.shape, view_shape)
-    sv = _view(scale, x.shape, view_shape) if mode == "grad" else None
+    sv = _view(scale, x.shape, view_shape) if scale is not None else None
     rows = view_shape[0]
-    if mode == "sum":
-        total = None
-        for i in range(0, rows, step):
-            j = min(rows, i + step)
-            w = wv[i:j] if wv is not None else None
-            part = _loss_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, True, gint)
-            total = part if total is None else total + part
-        if total is None:
-            total = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
-        return total
-    out_dtype = x.dtype if mode == "grad" else compute_dtype(x.dtype)
-    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    ov = out.view(view_shape)
+    with_grad, loss_mode = mode != "sum" and mode != "none", mode.split("+")[0]
+    total = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
+    loss_out = grad_out = None
+    if loss_mode == "none":
+        loss_out = torch.empty(x.shape, dtype=compute_dtype(x.dtype), device=x.device)
+    if with_grad:
+        grad_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     for i in range(0, rows, step):
         j = min(rows, i + step)
+        xs, ts = xv[i:j], tv[i:j]
         w = wv[i:j] if wv is not None else None
+        sc = sv[i:j] if sv is not None and sv.dim() > 0 else scale
         if mode == "grad":
-            sc = sv[i:j] if sv is not None and sv.dim() > 0 else scale
-            ov[i:j] = _grad_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, sc, gint)
+            grad_out.view(view_shape)[i:j] = _grad_kernel(
+                xs, ts, alpha, gamma, w, eps, policy, sc, gint
+            )
+            continue
+        if with_grad:
+            part, grad_out.view(view_shape)[i:j] = _loss_grad_kernel(
+                xs, ts, alpha, gamma, w, eps, policy, loss_mode == "sum", gint, sc
+            )
         else:
-            ov[i:j] = _loss_kernel(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, False, gint)
-    return out
+            part = _loss_kernel(xs, ts, alpha, gamma, w, eps, policy, loss_mode == "sum", gint)
+        if loss_mode == "sum":
+            total = total + part
+        else:
+            loss_out.view(view_shape)[i:j] = part
+    loss = total if loss_mode == "sum" else loss_out
+    if mode == "grad":
+        return grad_out
+    return (loss, grad_out) if with_grad else loss
+
+
+def _is_one(v: Tensor) -> bool:
+    """Whether ``v`` is the scalar 1 (the usual ``loss.backward()``), read without a
+    device sync: CUDA values count as not 1."""
+    return v.numel() == 1 and v.device.type == "cpu" and float(v) == 1.0
+
+
+# Precompute the gradient in the forward for these input dtypes. Half-precision gradients
+# are rounded after scaling, in backward, so that a GradScaler's factor still protects them.
+_FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 class SigmoidFocalFunction(torch.autograd.Function):
-    """Saves only its inputs; the backward recomputes what the gradient needs in one pass."""
+    """One pass over the inputs writes the loss and, when the logits need a gradient, the
+    gradient too (kept on ``ctx``, handed out by the first backward, scaled in place if
+    the incoming gradient is not 1). It saves the inputs as well, so a second backward
+    (``retain_graph=True``) and half-precision logits recompute the gradient in one pass.
+    """
 
     @staticmethod
     def forward(ctx, x, t, alpha, gamma, weight, eps, policy, reduce, denom):  # type: ignore[override]
@@ -226,9 +276,21 @@ class SigmoidFocalFunction(torch.autograd.Function):
         numel = x.numel()
         args = (x, t, alpha, gamma, weight, eps, policy)
         mode = "sum" if reduce else "none"
-        out = loss_kernel(
-            numel, *args, reduce, gint, eager=lambda: _eager_chunked(*args, gint, None, mode)
-        )
+        ctx.grad = None
+        if ctx.needs_input_grad[0] and x.dtype in _FUSED_DTYPES:
+            inv = None if denom is None else 1.0 / denom
+            out, ctx.grad = loss_grad_kernel(
+                numel,
+                *args,
+                reduce,
+                gint,
+                inv,
+                eager=lambda: _eager_chunked(*args, gint, inv, mode + "+grad"),
+            )
+        else:
+            out = loss_kernel(
+                numel, *args, reduce, gint, eager=lambda: _eager_chunked(*args, gint, None, mode)
+            )
         if denom is not None:
             out = out / denom
         ctx.save_for_backward(x, t, alpha, gamma, weight, denom)
@@ -238,6 +300,9 @@ class SigmoidFocalFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
+        grad, ctx.grad = ctx.grad, None
+        if grad is not None:  # precomputed in forward, already divided by denom
+            return (grad if _is_one(grad_out) else grad.mul_(grad_out)), *([None] * 8)
         x, t, alpha, gamma, weight, denom = ctx.saved_tensors
         scale = grad_out if denom is None else grad_out / denom
         args = (x, t, alpha, gamma, weight, ctx.eps, ctx.policy)
