@@ -1,11 +1,16 @@
 """Argument and tensor validation shared by the focal losses.
 
-Value checks (γ ≥ 0, α in [0, 1], class indices in range) read tensor values, so they
-are skipped while ``torch.compile`` traces a graph; eager calls always run them.
+Value checks (γ ≥ 0, α in [0, 1], class indices in range) read tensor values. On the CPU
+they read them once and raise a ``ValueError`` naming the problem. On an accelerator a
+read would stall the host until the device catches up, every call, so there they are
+queued as ``torch._assert_async`` checks: a bad value still stops the run (as an
+out-of-range index does in ``F.cross_entropy`` on CUDA), with the message, at the next
+synchronisation. They are skipped while ``torch.compile`` traces a graph.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -72,35 +77,66 @@ def check_per_class_length(name: str, t: Tensor, num_classes: int, where: str) -
         )
 
 
+def _values(t: Tensor) -> list[float]:
+    """The values of a small CPU tensor as Python floats (one read, no tensor ops)."""
+    v = t.tolist()
+    return v if isinstance(v, list) else [v]
+
+
+def _fail_unless(ok: Tensor, message: str) -> None:
+    """Queue a device-side check that ``ok`` is true (no host sync)."""
+    torch._assert_async(ok, message)
+
+
 def check_gamma_values(gamma: Tensor) -> None:
     if _tracing():
         return
-    if not bool(torch.isfinite(gamma).all()) or bool((gamma < 0).any()):
-        raise ValueError(f"gamma must be finite and >= 0, got {gamma.tolist()}")
+    message = "gamma must be finite and >= 0"
+    if gamma.device.type != "cpu":
+        _fail_unless(torch.all(torch.isfinite(gamma) & (gamma >= 0)), message)
+        return
+    values = _values(gamma)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"{message}, got {values if gamma.dim() else values[0]}")
 
 
 def check_alpha_unit_interval(alpha: Tensor) -> None:
     if _tracing():
         return
-    if not bool(torch.isfinite(alpha).all()) or bool(((alpha < 0) | (alpha > 1)).any()):
-        raise ValueError(
-            f"per-class alpha for sigmoid focal loss must lie in [0, 1], got {alpha.tolist()}"
-        )
+    message = "per-class alpha for sigmoid focal loss must lie in [0, 1]"
+    if alpha.device.type != "cpu":
+        _fail_unless(torch.all((alpha >= 0) & (alpha <= 1)), message)
+        return
+    values = _values(alpha)
+    if not all(0.0 <= v <= 1.0 for v in values):  # False for NaN
+        raise ValueError(f"{message}, got {values if alpha.dim() else values[0]}")
 
 
 def check_weight_values(name: str, w: Tensor) -> None:
     if _tracing():
         return
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError(f"{name} must be finite and >= 0")
+    message = f"{name} must be finite and >= 0"
+    ok = torch.all(torch.isfinite(w) & (w >= 0))
+    if w.device.type != "cpu":
+        _fail_unless(ok, message)
+    elif not bool(ok):
+        raise ValueError(message)
 
 
 def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
     if _tracing() or target.numel() == 0:
         return
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        value = int(target[bad][0])
+    lo, hi = torch.aminmax(torch.where(target == ignore_index, 0, target))
+    if target.device.type != "cpu":
+        _fail_unless(
+            (lo >= 0) & (hi < num_classes),
+            f"target holds a class index out of range for {num_classes} classes "
+            f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
+        )
+        return
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= num_classes:
+        value = lo if lo < 0 else hi
         raise ValueError(
             f"target holds class index {value}, out of range for {num_classes} classes "
             f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})"
