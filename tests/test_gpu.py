@@ -116,3 +116,76 @@ def test_bf16_mixed_fit_on_gpu(tmp_path):
     assert devices.seen == ("cuda", "cuda")  # the buffers followed the module to the GPU
     assert float(model.focal_loss.gamma) == 2.0
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_losses_never_wait_for_the_device(backend):
+    """No host-device synchronisation in forward or backward (it would stall every step
+    until the GPU's queue drains): sync debug mode turns any into an error."""
+    x = torch.randn(64, 500, 80, device="cuda")
+    t = (torch.rand_like(x) < 0.01).float()
+    logits = torch.randn(4096, 100, device="cuda")
+    target = torch.randint(0, 100, (4096,), device="cuda")
+    module = FocalLoss("softmax", gamma=0.5, alpha=torch.rand(100) + 0.5).cuda()
+
+    def step():
+        z = x.clone().requires_grad_(True)
+        sigmoid_focal_loss(z, t, 0.25, 2.0, "mean").backward()
+        sigmoid_focal_loss(
+            z, t, [0.25] * 80, 1.5, "sum", normalizer=torch.tensor(3.0, device="cuda")
+        ).backward()
+        y = logits.clone().requires_grad_(True)
+        softmax_focal_loss(y, target, 2.0, label_smoothing=0.1).backward()
+        module(y, target).backward()
+        return z.grad, y.grad
+
+    step()  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grads_ = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(g).all() for g in grads_)
+
+
+def test_bad_class_index_on_cuda_still_stops_the_run(tmp_path):
+    """On CUDA the range check is a queued device assertion, not a host read: a bad
+    index must still fail (in a subprocess: a device assertion ends the CUDA context)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from lightning_focal import softmax_focal_loss\n"
+        "x = torch.randn(8, 5, device='cuda'); y = torch.tensor([0, 1, 2, 7, 1, 0, 3, 4], device='cuda')\n"
+        "softmax_focal_loss(x, y).item()\n"
+        "torch.cuda.synchronize()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "out of range" in done.stderr or "assert" in done.stderr.lower(), done.stderr[-2000:]
+
+
+def test_float16_mixed_fit_on_gpu(tmp_path):
+    """16-mixed: fp16 logits reach the loss under a GradScaler; the step stays finite."""
+    import lightning.pytorch as pl
+
+    from lightning_focal.callbacks import GammaWarmup
+    from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
+    from lightning_focal.schedules import LinearWarmup
+
+    model = BoringFocalClassifier()
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="16-mixed",
+        max_steps=20,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10))],
+    )
+    trainer.fit(model, ImbalancedBlobsDataModule())
+    assert float(model.focal_loss.gamma) == 2.0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -39,6 +39,12 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-d tensor filled on ``device`` (``torch.tensor`` would copy from the host and
+    wait for the device's queue to drain, every call)."""
+    return torch.full((), value, dtype=dtype, device=device)
+
+
 def as_class_tensor(
     name: str,
     value: float | Sequence[float] | Tensor,
@@ -57,9 +63,10 @@ def as_class_tensor(
         else:
             raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.tensor(float(value), dtype=dtype, device=device)
+        t = scalar_tensor(float(value), dtype, device)
     elif isinstance(value, Sequence) and not isinstance(value, str):
-        t = torch.tensor([float(v) for v in value], dtype=dtype, device=device)
+        t = torch.tensor([float(v) for v in value], dtype=dtype)
+        t = t.to(device, non_blocking=True)  # no stream sync on an accelerator
     else:
         raise TypeError(f"{name} must be a float, a sequence of floats or a tensor, got {value!r}")
     if t.dim() > 1:

@@ -15,6 +15,7 @@ from ._checks import (
     check_per_class_length,
     check_reduction,
     check_weight_values,
+    scalar_tensor,
 )
 from ._sigmoid_kernel import SigmoidFocalFunction, compute_dtype, sigmoid_focal_elementwise
 from .gamma_policy import SampleDependentGamma
@@ -142,10 +143,10 @@ def sigmoid_focal_loss(
         else:
             if not float(normalizer) > 0:
                 raise ValueError(f"normalizer must be > 0, got {normalizer}")
-            denom = torch.tensor(float(normalizer), dtype=dtype, device=inputs.device)
+            denom = scalar_tensor(float(normalizer), dtype, inputs.device)
     elif reduction == "mean":
         if w is None:
-            denom = torch.tensor(float(inputs.numel()), dtype=dtype, device=inputs.device)
+            denom = scalar_tensor(float(inputs.numel()), dtype, inputs.device)
         else:
             denom = w.expand(inputs.shape).sum()
 

@@ -12,6 +12,7 @@ from ._checks import (
     check_per_class_length,
     check_reduction,
     check_weight_values,
+    scalar_tensor,
 )
 from ._sigmoid_kernel import compute_dtype
 from ._softmax_kernel import SoftmaxFocalFunction, softmax_focal_elementwise
@@ -125,9 +126,7 @@ def softmax_focal_loss(
     denom: Tensor | None = None
     if reduction == "mean":
         if not is_index:
-            denom = torch.tensor(
-                float(x.numel() // max(num_classes, 1)), dtype=dtype, device=x.device
-            )
+            denom = scalar_tensor(float(x.numel() // max(num_classes, 1)), dtype, x.device)
         else:
             valid = t != ignore_index
             if a is None:
