@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short GPU check (< 8 minutes): the tests marked `gpu`, the loss benchmark on CUDA
-# (torchvision's function and the bandwidth floor side by side) and short bf16-mixed training
-# runs of the classifier and of a detector. Needs: torch with CUDA, lightning, timm,
-# torchmetrics, hydra-core (pip install -e ".[train]").
+# (torchvision's function and the bandwidth floor side by side) and short training runs:
+# the classifier with bf16-mixed, a detector with 16-mixed, and trainer=ddp on the visible
+# GPUs. Needs: torch with CUDA, lightning, timm, torchmetrics, hydra-core
+# (pip install -e ".[train]").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline MPLBACKEND=Agg PYTHONUNBUFFERED=1
@@ -24,9 +25,13 @@ step "classifier, bf16-mixed, 200 steps"
 python -m lightning_focal.train trainer=gpu trainer.max_steps=200 logger=csv callbacks.progress_bar=null \
   +trainer.enable_progress_bar=false || status=1
 
-step "detector (RetinaNet on shapes), bf16-mixed, 100 steps"
-python -m lightning_focal.train experiment=detection_focal_warmup trainer=gpu trainer.max_steps=100 \
-  logger=csv callbacks.progress_bar=null +trainer.enable_progress_bar=false || status=1
+step "detector (FCOS on shapes, γ warmup), 16-mixed, 100 steps"
+python -m lightning_focal.train experiment=detection_focal_warmup trainer=gpu trainer.precision=16-mixed \
+  trainer.max_steps=100 logger=csv callbacks.progress_bar=null +trainer.enable_progress_bar=false || status=1
+
+step "trainer=ddp on the visible GPUs (one here), bf16-mixed, 50 steps"
+python -m lightning_focal.train trainer=ddp trainer.max_steps=50 logger=csv callbacks.progress_bar=null \
+  +trainer.enable_progress_bar=false || status=1
 
 echo; echo "gpu_check status: $status"
 exit "$status"
