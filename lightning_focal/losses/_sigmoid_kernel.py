@@ -10,9 +10,11 @@ are products; any other γ takes q^γ = exp(γ·log q) and γq^(γ-1)σ(x)σ(-x)
 r = σ(x)σ(-x)/q ≤ 1, so γ in (0, 1) never meets the infinite derivative of (1-p)^γ at
 p=1 that makes autograd through ``pow`` return NaN.
 
-Compiled, the forward is one fused pass over x and t (a scalar for "sum"/"mean") and the
-backward one pass that reads x and t and writes the gradient. Eagerly, both run over
-chunks (64K elements on CPU) so that their temporaries stay small.
+Compiled, the forward is one fused pass over x and t that writes the loss (a scalar for
+"sum"/"mean") and, when x needs a gradient, the gradient too: one full-size tensor, the
+one backward would allocate anyway, so the peak memory is the same and the exp/log work
+is done once. The backward hands it out. Eagerly, the kernels run over chunks (64K
+elements on CPU) so that their temporaries stay small.
 """
 
 from __future__ import annotations

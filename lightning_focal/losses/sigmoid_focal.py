@@ -60,8 +60,9 @@ def sigmoid_focal_loss(
         \quad p = \sigma(x),\ p_t = p\,t + (1-p)(1-t),\ \alpha_t = \alpha t + (1-\alpha)(1-t)
 
     Same parameter names, order, defaults and results as torchvision for every shape and
-    reduction, computed by a fused kernel that keeps no intermediates for backward and
-    gives finite gradients for every γ ≥ 0 and any logit. Half-precision inputs are
+    reduction, computed by a fused kernel that writes the loss and its gradient in one
+    pass (no other intermediates are kept for backward) and gives finite gradients for
+    every γ ≥ 0 and any logit. Half-precision inputs are
     computed in float32 and the loss is returned in float32.
 
     Args:
