@@ -127,11 +127,16 @@ def test_detector_ddp_cpu_two_processes(tmp_path):
     (run,) = sorted((tmp_path / "logs" / "detection_focal" / "runs").iterdir())
     rows = metric_rows(run)
     assert all(v == 0.0 for _, v in column(rows, "ddp/focal_spread"))
-    # The batch normaliser is the mean over ranks of the positives, clamped to >= 1: it is
-    # logged by rank 0 next to rank 0's own positives; over the steps the two differ
-    # (the other rank's images differ) while the normaliser stays >= 1.
-    normalizer = column(rows, "focal/normalizer")
-    positives = column(rows, "focal/num_positives")
-    assert normalizer and all(v >= 1.0 for _, v in normalizer)
-    assert any(abs(n - p) > 1e-6 for (_, n), (_, p) in zip(normalizer, positives))
+    # The batch normaliser is the mean over the ranks of each rank's positives, clamped to
+    # >= 1: DistributedConsistencyCheck gathers every rank's count (ddp/positives_mean) and
+    # checks that all ranks divided by the same number (ddp/normalizer_spread == 0).
+    normalizer = dict(column(rows, "focal/normalizer"))
+    mean = dict(column(rows, "ddp/positives_mean"))
+    positives = dict(column(rows, "focal/num_positives"))  # rank 0's own count
+    assert normalizer and set(normalizer) == set(mean)
+    for s in normalizer:
+        assert normalizer[s] == pytest.approx(max(1.0, mean[s]), rel=1e-6)
+    assert all(v == 0.0 for _, v in column(rows, "ddp/normalizer_spread"))
+    # the ranks saw different images: rank 0's own count is not the mean at every step
+    assert any(abs(mean[s] - positives[s]) > 1e-6 for s in mean if s in positives)
     assert "val/map" in rows[0] or any(r.get("val/map") for r in rows)
