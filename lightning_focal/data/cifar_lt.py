@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import lightning as L
-import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
 from lightning_focal.data.class_counts import counts_from_targets
-from lightning_focal.data.longtail import PROFILES, longtail_counts, longtail_indices
+from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,13 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["CIFAR10LTDataModule", "CIFAR100LTDataModule"]
 
 
-class _CIFARLTDataModule(L.LightningDataModule):
+class _CIFARLTDataModule(SplitsDataModule):
     """Shared body of :class:`CIFAR10LTDataModule` and :class:`CIFAR100LTDataModule`."""
 
     _dataset_name: ClassVar[str]
     _num_classes: ClassVar[int]
     _mean: ClassVar[tuple[float, float, float]]
     _std: ClassVar[tuple[float, float, float]]
+    # workers that decode and augment images are costly to start again every epoch
+    _persistent_workers = True
 
     def __init__(
         self,
@@ -45,14 +46,8 @@ class _CIFARLTDataModule(L.LightningDataModule):
         val_per_class: int | None = 50,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
-        if not imbalance_ratio >= 1.0:
-            raise ValueError(f"imbalance_ratio must be at least 1, got {imbalance_ratio}")
-        if profile not in PROFILES:
-            raise ValueError(f"unknown long-tail profile {profile!r}; expected one of {PROFILES}")
+        check_loader_args(batch_size, num_workers)
+        _check_longtail_args(imbalance_ratio, profile)
         if val_per_class is not None and val_per_class < 1:
             raise ValueError(f"val_per_class must be at least 1 or None, got {val_per_class}")
         self.save_hyperparameters()
@@ -139,33 +134,6 @@ class _CIFARLTDataModule(L.LightningDataModule):
         self.train_set = Subset(full, indices)
         self.val_set = val
         self.test_set = test
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: call setup() before asking for a dataloader"
-            )
-        hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented long-tailed train batches ``(images (B, 3, 32, 32), targets)``."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Balanced slice of the test set, in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The full, balanced standard test set, in a fixed order."""
-        return self._loader(self.test_set, shuffle=False)
 
 
 class CIFAR10LTDataModule(_CIFARLTDataModule):

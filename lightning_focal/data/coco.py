@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning_focal.data.detection_utils import detection_dataloader
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data.detection_utils import detection_collate
 
 __all__ = ["CocoDetectionDataModule", "CocoDetectionDataset"]
 
@@ -267,7 +267,7 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         return image, target
 
 
-class CocoDetectionDataModule(L.LightningDataModule):
+class CocoDetectionDataModule(SplitsDataModule):
     """A COCO-format detection dataset (annotation JSON + image folders) as a datamodule.
 
     Paths are relative to ``root`` (absolute paths work too): ``root/train_ann`` with images
@@ -282,6 +282,8 @@ class CocoDetectionDataModule(L.LightningDataModule):
     :mod:`lightning_focal.data.detection_utils`. :meth:`class_counts` counts the training
     boxes that become targets (crowd and degenerate boxes excluded) from the JSON alone; the
     train file is parsed once and kept.
+    ``train_dataloader`` shuffles with a generator seeded with ``seed``; val and test keep
+    the annotation file's image order.
 
     Args:
         root: folder the other paths are relative to.
@@ -306,6 +308,8 @@ class CocoDetectionDataModule(L.LightningDataModule):
         (512, 8)
     """
 
+    _collate_fn = staticmethod(detection_collate)
+
     def __init__(
         self,
         root: str,
@@ -324,10 +328,7 @@ class CocoDetectionDataModule(L.LightningDataModule):
         super().__init__()
         if image_size < 1:
             raise ValueError(f"image_size must be at least 1, got {image_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
         self.train_set: CocoDetectionDataset | None = None
         self.val_set: CocoDetectionDataset | None = None
@@ -386,29 +387,8 @@ class CocoDetectionDataModule(L.LightningDataModule):
             test_images = "test" if hp.test_images is None else hp.test_images
             self.test_set = self._split(hp.test_ann, test_images, categories)
 
-    def _loader(self, dataset: CocoDetectionDataset | None, shuffle: bool, name: str) -> DataLoader:
-        if dataset is None:
-            hint = (
-                " (no test_ann was given)"
-                if name == "test" and self.hparams.test_ann is None
-                else ""
-            )
-            raise RuntimeError(
-                f"CocoDetectionDataModule: no {name} split{hint}; call setup() first"
-            )
-        hp = self.hparams
-        return detection_dataloader(
-            dataset, hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers, seed=hp.seed
+    def _missing_split_message(self, split: str) -> str:
+        hint = (
+            " (no test_ann was given)" if split == "test" and self.hparams.test_ann is None else ""
         )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train batches ``(images (B, 3, S, S), list of target dicts)``."""
-        return self._loader(self.train_set, shuffle=True, name="train")
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in the annotation file's image order."""
-        return self._loader(self.val_set, shuffle=False, name="val")
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches in the annotation file's image order."""
-        return self._loader(self.test_set, shuffle=False, name="test")
+        return f"CocoDetectionDataModule: no {split} split{hint}; call setup() first"

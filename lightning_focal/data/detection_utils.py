@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_focal.data._loaders import seeded_dataloader
+
 __all__ = ["detection_collate", "detection_dataloader"]
 
 DetectionSample = tuple[Tensor, dict[str, Tensor]]
@@ -99,12 +101,6 @@ def detection_dataloader(
         >>> [images.shape[0] for images, _ in loader]
         [2, 2, 1]
     """
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        generator=generator,
-        collate_fn=detection_collate,
+    return seeded_dataloader(
+        dataset, batch_size, shuffle, num_workers, seed, collate_fn=detection_collate
     )

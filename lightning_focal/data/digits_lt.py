@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
 from lightning_focal.data.class_counts import counts_from_targets
-from lightning_focal.data.longtail import PROFILES, longtail_counts, longtail_indices
+from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
 __all__ = ["DigitsLTDataModule", "NoisyDigits"]
 
@@ -34,7 +34,7 @@ class _DigitsPlan:
     test_indices: Tensor
 
 
-class DigitsLTDataModule(L.LightningDataModule):
+class DigitsLTDataModule(SplitsDataModule):
     """scikit-learn's digits, made long-tailed and noisy, as a ``LightningDataModule``.
 
     Splits, all drawn from one generator seeded with ``seed`` and disjoint by index:
@@ -97,14 +97,8 @@ class DigitsLTDataModule(L.LightningDataModule):
         val_per_class: int = 20,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
-        if not imbalance_ratio >= 1.0:
-            raise ValueError(f"imbalance_ratio must be at least 1, got {imbalance_ratio}")
-        if profile not in PROFILES:
-            raise ValueError(f"unknown long-tail profile {profile!r}; expected one of {PROFILES}")
+        check_loader_args(batch_size, num_workers)
+        _check_longtail_args(imbalance_ratio, profile)
         if image_size < 1 or in_chans < 1:
             raise ValueError(
                 f"image_size and in_chans must be at least 1, got {image_size} and {in_chans}"
@@ -226,30 +220,6 @@ class DigitsLTDataModule(L.LightningDataModule):
         )
         self.val_set = dataset(plan.val_indices)
         self.test_set = dataset(plan.test_indices)
-
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DigitsLTDataModule: call setup() before asking for a dataloader")
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            generator=generator,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train batches ``(images (B, in_chans, S, S), targets (B,))``."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Balanced validation batches, in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Balanced test batches, in a fixed order."""
-        return self._loader(self.test_set, shuffle=False)
 
 
 def _upsample(images: Tensor, image_size: int, in_chans: int) -> Tensor:

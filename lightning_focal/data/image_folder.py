@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
 from lightning_focal.data.class_counts import counts_from_targets
-from lightning_focal.data.longtail import PROFILES, longtail_counts, longtail_indices
+from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["ImageFolderDataModule"]
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitsDataModule):
     """Image classification from class folders (torchvision ``ImageFolder``).
 
     ``root/train_dir`` must exist. The validation split is ``root/val_dir``; when that folder
@@ -65,6 +64,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         (160, 10.0)
     """
 
+    # workers that decode and augment images are costly to start again every epoch
+    _persistent_workers = True
+
     def __init__(
         self,
         root: str,
@@ -84,14 +86,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError("image_size=None needs a model_name whose config gives the size")
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be at least 1, got {image_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
-        if imbalance_ratio is not None and not imbalance_ratio >= 1.0:
-            raise ValueError(f"imbalance_ratio must be at least 1, got {imbalance_ratio}")
-        if profile not in PROFILES:
-            raise ValueError(f"unknown long-tail profile {profile!r}; expected one of {PROFILES}")
+        check_loader_args(batch_size, num_workers)
+        _check_longtail_args(imbalance_ratio, profile)
         self.save_hyperparameters()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -241,31 +237,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         if stage in ("test", "predict") or (stage is None and has_test):
             self._build_test()
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("ImageFolderDataModule: call setup() before asking for a dataloader")
-        hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            generator=torch.Generator().manual_seed(hp.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented train batches ``(images (B, 3, S, S), targets (B,))``."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches with the evaluation transform, in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches with the evaluation transform, in a fixed order."""
-        return self._loader(self.test_set, shuffle=False)
-
     def predict_dataloader(self) -> DataLoader:
         """The test batches, for ``trainer.predict``."""
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, "test", shuffle=False)

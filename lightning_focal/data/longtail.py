@@ -76,6 +76,14 @@ def longtail_counts(
     return [max(1, math.floor(n_max * f + _FLOOR_TOLERANCE)) for f in fractions]
 
 
+def _check_longtail_args(imbalance_ratio: float | None, profile: str) -> None:
+    """Raise ``ValueError`` for ``imbalance_ratio < 1`` (``None`` passes) or an unknown profile."""
+    if imbalance_ratio is not None and not imbalance_ratio >= 1.0:
+        raise ValueError(f"imbalance_ratio must be at least 1, got {imbalance_ratio}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown long-tail profile {profile!r}; expected one of {PROFILES}")
+
+
 def longtail_indices(
     targets: Sequence[int] | Tensor, counts: Sequence[int], seed: int
 ) -> list[int]:

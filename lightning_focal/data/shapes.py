@@ -24,13 +24,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning_focal.data.detection_utils import detection_dataloader
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data.detection_utils import detection_collate
 
 __all__ = ["PlacedShape", "ShapesDataModule", "ShapesDataset", "ShapesLayout"]
 
@@ -454,7 +454,7 @@ class ShapesDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         return image, {"boxes": layout.boxes, "labels": layout.labels}
 
 
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(SplitsDataModule):
     """Synthetic dense detection (:class:`ShapesDataset`) as a ``LightningDataModule``.
 
     Three splits of ``num_train``, ``num_val`` and ``num_test`` images, each a
@@ -498,6 +498,8 @@ class ShapesDataModule(L.LightningDataModule):
         (torch.Size([4, 3, 64, 64]), ['boxes', 'labels'])
     """
 
+    _collate_fn = staticmethod(detection_collate)
+
     def __init__(
         self,
         batch_size: int = 32,
@@ -517,10 +519,7 @@ class ShapesDataModule(L.LightningDataModule):
         max_clutter: int = 4,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
         # validates the shape parameters now rather than in setup
         self._make_dataset(num_train, split=0)
@@ -596,23 +595,3 @@ class ShapesDataModule(L.LightningDataModule):
         self.train_set = self._make_dataset(hp.num_train, 0)
         self.val_set = self._make_dataset(hp.num_val, 1)
         self.test_set = self._make_dataset(hp.num_test, 2)
-
-    def _loader(self, dataset: ShapesDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("ShapesDataModule: call setup() before asking for a dataloader")
-        hp = self.hparams
-        return detection_dataloader(
-            dataset, hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers, seed=hp.seed
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train batches ``(images (B, 3, S, S), list of target dicts)``."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches in a fixed order."""
-        return self._loader(self.test_set, shuffle=False)

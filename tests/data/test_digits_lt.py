@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from _trainer_utils import fast_trainer
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -209,17 +210,7 @@ class _Linear(L.LightningModule):
 def test_trains_in_lightning(tmp_path) -> None:
     dm = DigitsLTDataModule(batch_size=64, image_size=8)
     model = _Linear()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-    )
+    trainer = fast_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     seen = torch.cat(model.seen)
     assert torch.equal(torch.bincount(seen, minlength=10), dm.class_counts())
@@ -265,17 +256,8 @@ class _CountingModel(L.LightningModule):
 def test_ddp_ranks_split_the_train_set(tmp_path) -> None:
     dm = DigitsLTDataModule(batch_size=32, image_size=8)
     model = _CountingModel()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
+    trainer = fast_trainer(
+        tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn", limit_val_batches=0
     )
     trainer.fit(model, datamodule=dm)
     # 254 train images split evenly (no DistributedSampler padding): the two ranks together
