@@ -1,17 +1,23 @@
 """Fused softmax focal loss: pure-tensor kernels and their autograd.Function.
 
-With ℓ_c = log p_c = x_c - logsumexp(x), m_c = (1 - p_c)^γ computed as
-exp(γ·log(-expm1(ℓ_c))) and a target distribution q (one-hot, smoothed or given):
+With ℓ_c = log p_c = (x_c - x_max) - log Σ_k exp(x_k - x_max), m_c = (1 - p_c)^γ computed
+as exp(γ·log(-expm1(ℓ_c))) and a target distribution q (one-hot, smoothed or given):
 
     L = Σ_c [ -w_c·q_c·m_c·ℓ_c + ε·q_c·m_c·(1 - p_c) ]
     ∂L/∂ℓ_c = D_c = -w_c·q_c·m_c·(1 - γ·p_c·ℓ_c/(1-p_c)) - ε·q_c·(γ+1)·m_c·p_c
     ∂L/∂x_k = D_k - p_k·Σ_c D_c
 
-ℓ/(1-p) tends to -1 as p -> 1, so the gradient is finite for every γ >= 0. The fast path
-(class-index targets, no label smoothing) needs only ℓ of the target class: the forward is
-one logsumexp pass; the backward computes the per-sample s = ∂L/∂ℓ_y (a sample-sized
-kernel), then one pass over the logits that writes s·(onehot - softmax). A scalar integer
-γ in 0..4 held on the CPU takes the product form of (1-p)^γ (see ``static_gamma``).
+ℓ/(1-p) tends to -1 as p -> 1, so the gradient is finite for every γ >= 0. ℓ is formed as
+cross_entropy forms it: x_c - x_max rounds relative to itself and the log-sum lies in
+[0, log C], so ℓ is accurate relative to ℓ, where x_c - logsumexp(x) would carry the
+rounding of the logsumexp, eps·|x| (~1e-3 at |x| = 1e4). The forward saves the per-sample
+pair (x_max, log-sum) for backward, where p = exp((x - x_max) - log-sum).
+
+The fast path (class-index targets, no label smoothing) needs only ℓ of the target class:
+the forward is one logsumexp pass; the backward computes the per-sample s = ∂L/∂ℓ_y (a
+sample-sized kernel), then one pass over the logits that writes s·(onehot - softmax). A
+scalar integer γ in 0..4 held on the CPU takes the product form of (1-p)^γ (see
+``static_gamma``).
 """
 
 from __future__ import annotations
@@ -29,16 +35,19 @@ def _class_view(v: Tensor, ndim: int) -> Tensor:
     return v.view([1, -1] + [1] * (ndim - 2))
 
 
-def _logsumexp(xf: Tensor, fast: bool) -> Tensor:
-    """``torch.logsumexp(xf, 1)``; written out with the inlined exp in compiled CPU kernels."""
-    if not fast:
-        return torch.logsumexp(xf, dim=1)
+def _row_stats(xf: Tensor, fast: bool) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(shift, log_sum)`` with log p = (x - shift) - log_sum.
+
+    ``shift`` is the row max and ``log_sum = log Σ exp(x - shift)``, in [0, log C]. A row
+    whose max is ±inf or NaN gets shift 0 and log_sum = that max, so that log p and p are
+    those of ``x - torch.logsumexp(x, 1)``. ``fast``: the inlined exp of compiled CPU kernels.
+    """
     m = torch.amax(xf, dim=1, keepdim=True)
     finite = torch.isfinite(m)
-    m0 = torch.where(finite, m, 0.0)
-    total = exp_nonpos(xf - m0).sum(dim=1)  # x - max <= 0
-    m, finite, m0 = m.squeeze(1), finite.squeeze(1), m0.squeeze(1)
-    return torch.where(finite, torch.log(total) + m0, m)  # ±inf / NaN rows as torch does
+    shifted = xf - torch.where(finite, m, 0.0)  # <= 0 in finite rows
+    total = (exp_nonpos(shifted) if fast else shifted.exp_()).sum(dim=1)
+    m, finite = m.squeeze(1), finite.squeeze(1)
+    return torch.where(finite, m, 0.0), torch.where(finite, torch.log(total), m)
 
 
 def _modulating(logp: Tensor, gamma, policy: Policy, gamma_shape, gint, fast: bool) -> tuple:
@@ -81,16 +90,15 @@ def _float_index(target: Tensor, ignore_index: int, num_classes: int) -> Tensor:
     return target
 
 
-def _fast_parts(x, target, alpha, gamma, policy: Policy, ignore_index: int, gint, lse=None):
+def _fast_parts(x, target, alpha, gamma, policy: Policy, ignore_index: int, gint, stats=None):
     dtype = compute_dtype(x.dtype)
     xf = x.to(dtype)
     fast = use_fast_math(xf)
-    if lse is None:
-        lse = _logsumexp(xf, fast)
+    shift, log_sum = _row_stats(xf, fast) if stats is None else stats
     valid = target != ignore_index
     tgt = torch.where(valid, target, 0)
     x_y = torch.gather(xf, 1, tgt.long().unsqueeze(1)).squeeze(1)
-    logp = torch.clamp_max(x_y - lse, 0.0)
+    logp = torch.clamp_max((x_y - shift) - log_sum, 0.0)
 
     def per_target(g):
         return g[tgt.long()] if g.dim() == 1 else g
@@ -98,27 +106,37 @@ def _fast_parts(x, target, alpha, gamma, policy: Policy, ignore_index: int, gint
     p, omp, g, m = _modulating(logp, gamma, policy, per_target, gint, fast)
     validf = valid.to(dtype)
     a = alpha[tgt.long()] * validf if alpha is not None else validf
-    return lse, validf, logp, p, omp, g, m, a
+    return (shift, log_sum), validf, logp, p, omp, g, m, a
 
 
 def _fast_loss(
     x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, reduce: bool, gint
 ):
-    lse, validf, logp, _, omp, _, m, a = _fast_parts(
+    (shift, log_sum), validf, logp, _, omp, _, m, a = _fast_parts(
         x, target, alpha, gamma, policy, ignore_index, gint
     )
     loss = -a * m * logp
     if eps != 0.0:
         loss = loss + eps * m * omp * validf
-    return (loss.sum() if reduce else loss), lse
+    return (loss.sum() if reduce else loss), shift, log_sum
 
 
 def _fast_scale(
-    x, target, alpha, gamma, eps: float, policy: Policy, ignore_index: int, lse, scale, gint
+    x,
+    target,
+    alpha,
+    gamma,
+    eps: float,
+    policy: Policy,
+    ignore_index: int,
+    shift,
+    log_sum,
+    scale,
+    gint,
 ):
     """Per-sample s = ∂L/∂ℓ_y times the incoming gradient (0 for ignored samples)."""
     _, validf, logp, p, omp, g, m, a = _fast_parts(
-        x, target, alpha, gamma, policy, ignore_index, gint, lse
+        x, target, alpha, gamma, policy, ignore_index, gint, (shift, log_sum)
     )
     dl = -a * m * (1.0 - g * p * _ratio(logp, omp))
     if eps != 0.0:
@@ -126,25 +144,27 @@ def _fast_scale(
     return dl * scale
 
 
-def _fast_apply(x, target, ignore_index: int, lse, s):
+def _fast_apply(x, target, ignore_index: int, shift, log_sum, s):
     """The gradient s·(onehot(y) - softmax(x)): one pass that reads x and writes the result.
 
     A separate kernel from :func:`_fast_scale` so that inductor reads the per-sample s
-    instead of recomputing it (gather, expm1, ...) for every class.
+    instead of recomputing it (gather, expm1, ...) for every class. softmax(x) is
+    exp(x - max)·exp(-log_sum) with the second factor folded into the per-sample scale:
+    one subtraction and one exp per element, as many as exp(x - logsumexp(x)).
     """
     in_dtype = x.dtype
     xf = x.to(compute_dtype(x.dtype))
     fast = use_fast_math(xf)
     tgt = torch.where(target != ignore_index, target, 0).unsqueeze(1)
-    s = s.unsqueeze(1)
-    shifted = xf - lse.unsqueeze(1)  # <= 0: lse >= max(x)
-    probs = exp_nonpos(shifted) if fast else torch.exp(shifted)
+    s, shift = s.unsqueeze(1), shift.unsqueeze(1)
+    s_p = s * torch.exp(-log_sum.unsqueeze(1))
     if torch.compiler.is_compiling():
+        e = exp_nonpos(xf - shift) if fast else torch.exp(xf - shift)  # x - max <= 0
         classes = torch.arange(x.shape[1], device=x.device, dtype=tgt.dtype)
         classes = classes.view([1, -1] + [1] * (x.dim() - 2))
-        grad = s * ((classes == tgt).to(xf.dtype) - probs)
+        grad = torch.where(classes == tgt, s, 0.0) - e * s_p
     else:
-        grad = probs.mul_(-s).scatter_add_(1, tgt.long(), s)
+        grad = torch.sub(xf, shift).exp_().mul_(-s_p).scatter_add_(1, tgt.long(), s)
     return grad.to(in_dtype)
 
 
@@ -164,14 +184,13 @@ def _target_distribution(xf, target, is_index: bool, smoothing: float, ignore_in
 
 
 def _general_parts(
-    x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, lse=None
+    x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, stats=None
 ):
     dtype = compute_dtype(x.dtype)
     xf = x.to(dtype)
     fast = use_fast_math(xf)
-    if lse is None:
-        lse = _logsumexp(xf, fast)
-    logp = torch.clamp_max(xf - lse.unsqueeze(1), 0.0)
+    shift, log_sum = _row_stats(xf, fast) if stats is None else stats
+    logp = torch.clamp_max(torch.sub(xf, shift.unsqueeze(1)).sub_(log_sum.unsqueeze(1)), 0.0)
 
     def per_class(g):
         return _class_view(g, x.dim()) if g.dim() == 1 else g
@@ -179,7 +198,7 @@ def _general_parts(
     p, omp, g, m = _modulating(logp, gamma, policy, per_class, gint, fast)
     q = _target_distribution(xf, target, is_index, smoothing, ignore_index)
     w = _class_view(alpha, x.dim()) * q if alpha is not None else q
-    return lse, logp, p, omp, g, m, q, w
+    return (shift, log_sum), logp, p, omp, g, m, q, w
 
 
 def _general_loss(
@@ -195,14 +214,14 @@ def _general_loss(
     reduce: bool,
     gint,
 ):
-    lse, logp, _, omp, _, m, q, w = _general_parts(
+    (shift, log_sum), logp, _, omp, _, m, q, w = _general_parts(
         x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint
     )
     elem = -w * m * logp
     if eps != 0.0:
         elem = elem + eps * q * m * omp
     loss = elem.sum(dim=1)
-    return (loss.sum() if reduce else loss), lse
+    return (loss.sum() if reduce else loss), shift, log_sum
 
 
 def _general_grad(
@@ -215,13 +234,14 @@ def _general_grad(
     gamma,
     eps: float,
     policy: Policy,
-    lse,
+    shift,
+    log_sum,
     scale,
     gint,
 ):
     in_dtype = x.dtype
     _, logp, p, omp, g, m, q, w = _general_parts(
-        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, lse
+        x, target, is_index, smoothing, ignore_index, alpha, gamma, policy, gint, (shift, log_sum)
     )
     d = -w * m * (1.0 - g * p * _ratio(logp, omp))
     if eps != 0.0:
@@ -237,9 +257,9 @@ def softmax_focal_elementwise(
 ):
     """Per-sample loss, differentiable by autograd (the composite path)."""
     if is_index and smoothing == 0.0:
-        loss, _ = _fast_loss(x, target, alpha, gamma, eps, policy, ignore_index, False, None)
+        loss, _, _ = _fast_loss(x, target, alpha, gamma, eps, policy, ignore_index, False, None)
     else:
-        loss, _ = _general_loss(
+        loss, _, _ = _general_loss(
             x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, False, None
         )
     return loss
@@ -248,7 +268,6 @@ def softmax_focal_elementwise(
 fast_loss_kernel = Kernel(_fast_loss)
 fast_scale_kernel = Kernel(_fast_scale)
 fast_apply_kernel = Kernel(_fast_apply)
-fast_grad_kernel = fast_apply_kernel  # the backward's full-size pass, under its former name
 general_loss_kernel = Kernel(_general_loss)
 general_grad_kernel = Kernel(_general_grad)
 
@@ -265,34 +284,35 @@ def _sample_chunks(x: Tensor) -> list[tuple[int, int]]:
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _eager_loss(x, target, reduce: bool, run) -> tuple[Tensor, Tensor]:
-    """Run ``run(x_chunk, target_chunk, reduce)`` over sample chunks; join losses and lse."""
+def _eager_loss(x, target, reduce: bool, run) -> tuple[Tensor, Tensor, Tensor]:
+    """Run ``run(x_chunk, target_chunk, reduce)`` over sample chunks; join losses and stats."""
     chunks = _sample_chunks(x)
     if len(chunks) <= 1:
         return run(x, target, reduce)
-    outs, lses = [], []
+    outs, shifts, log_sums = [], [], []
     for i, j in chunks:
-        out, lse = run(x[i:j], target[i:j], reduce)
+        out, shift, log_sum = run(x[i:j], target[i:j], reduce)
         outs.append(out)
-        lses.append(lse)
+        shifts.append(shift)
+        log_sums.append(log_sum)
     out = torch.stack(outs).sum() if reduce else torch.cat(outs)
-    return out, torch.cat(lses)
+    return out, torch.cat(shifts), torch.cat(log_sums)
 
 
-def _eager_grad(x, target, lse, scale, run) -> Tensor:
-    """Run ``run(x_chunk, target_chunk, lse_chunk, scale_chunk)`` into one gradient tensor."""
+def _eager_grad(x, target, shift, log_sum, scale, run) -> Tensor:
+    """Run ``run(x, target, shift, log_sum, scale)`` chunk by chunk into one gradient."""
     chunks = _sample_chunks(x)
     if len(chunks) <= 1:
-        return run(x, target, lse, scale)
+        return run(x, target, shift, log_sum, scale)
     grad = torch.empty_like(x, memory_format=torch.contiguous_format)
     for i, j in chunks:
         sc = scale[i:j] if scale.dim() > 0 else scale
-        grad[i:j] = run(x[i:j], target[i:j], lse[i:j], sc)
+        grad[i:j] = run(x[i:j], target[i:j], shift[i:j], log_sum[i:j], sc)
     return grad
 
 
 class SoftmaxFocalFunction(torch.autograd.Function):
-    """Saves the inputs and the per-sample logsumexp; no full-size intermediates."""
+    """Saves the inputs and the per-sample max and log-sum; no full-size intermediates."""
 
     @staticmethod
     def forward(
@@ -308,7 +328,7 @@ class SoftmaxFocalFunction(torch.autograd.Function):
             def run(xc, tc, red):
                 return _fast_loss(xc, tc, alpha, gamma, eps, policy, ignore_index, red, gint)
 
-            out, lse = fast_loss_kernel(
+            out, shift, log_sum = fast_loss_kernel(
                 x.numel(),
                 x,
                 target,
@@ -328,7 +348,7 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                     xc, tc, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, red, gint
                 )
 
-            out, lse = general_loss_kernel(
+            out, shift, log_sum = general_loss_kernel(
                 x.numel(),
                 x,
                 target,
@@ -345,34 +365,45 @@ class SoftmaxFocalFunction(torch.autograd.Function):
             )
         if denom is not None:
             out = out / denom
-        ctx.save_for_backward(x, target, alpha, gamma, lse, denom)
+        ctx.save_for_backward(x, target, alpha, gamma, shift, log_sum, denom)
         ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, target, alpha, gamma, lse, denom = ctx.saved_tensors
+        x, target, alpha, gamma, shift, log_sum, denom = ctx.saved_tensors
         eps, policy, ignore_index, smoothing, is_index, fast, gint = ctx.args
         # An all-ignored batch: the loss is 0/0 = NaN as in cross_entropy, whose gradient is 0.
         scale = grad_out if denom is None else torch.where(denom == 0, 0.0, grad_out / denom)
         if fast:
 
-            def run(xc, tc, lc, sc):
-                sv = _fast_scale(xc, tc, alpha, gamma, eps, policy, ignore_index, lc, sc, gint)
-                return _fast_apply(xc, tc, ignore_index, lc, sv)
+            def run(xc, tc, mc, lc, sc):
+                sv = _fast_scale(xc, tc, alpha, gamma, eps, policy, ignore_index, mc, lc, sc, gint)
+                return _fast_apply(xc, tc, ignore_index, mc, lc, sv)
 
             numel = x.numel()
             if fast_apply_kernel.compiles(numel):
                 s = fast_scale_kernel(
-                    numel, x, target, alpha, gamma, eps, policy, ignore_index, lse, scale, gint
+                    numel,
+                    x,
+                    target,
+                    alpha,
+                    gamma,
+                    eps,
+                    policy,
+                    ignore_index,
+                    shift,
+                    log_sum,
+                    scale,
+                    gint,
                 )
-                grad = fast_apply_kernel(numel, x, target, ignore_index, lse, s)
+                grad = fast_apply_kernel(numel, x, target, ignore_index, shift, log_sum, s)
             else:
-                grad = _eager_grad(x, target, lse, scale, run)
+                grad = _eager_grad(x, target, shift, log_sum, scale, run)
         else:
 
-            def run(xc, tc, lc, sc):
+            def run(xc, tc, mc, lc, sc):
                 return _general_grad(
                     xc,
                     tc,
@@ -383,6 +414,7 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                     gamma,
                     eps,
                     policy,
+                    mc,
                     lc,
                     sc,
                     gint,
@@ -399,9 +431,10 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                 gamma,
                 eps,
                 policy,
-                lse,
+                shift,
+                log_sum,
                 scale,
                 gint,
-                eager=lambda: _eager_grad(x, target, lse, scale, run),
+                eager=lambda: _eager_grad(x, target, shift, log_sum, scale, run),
             )
         return (grad,) + (None,) * 10

@@ -92,7 +92,11 @@ def test_softmax_fast_path_compiled_kernels_equal_eager(compile_backend):
         return softmax_focal_loss(z, target, GAMMA, ALPHA, reduction="mean")
 
     (value, grad), (eager_value, eager_grad) = compiled_and_eager(fn, x)
-    assert_kernels_compiled(_softmax_kernel.fast_loss_kernel, _softmax_kernel.fast_grad_kernel)
+    assert_kernels_compiled(
+        _softmax_kernel.fast_loss_kernel,
+        _softmax_kernel.fast_scale_kernel,
+        _softmax_kernel.fast_apply_kernel,
+    )
     assert torch.isfinite(value).all() and torch.isfinite(grad).all()
     assert_close(value, eager_value)
     assert_close(grad, eager_grad)

@@ -386,7 +386,7 @@ def test_focal_between_zero_and_cross_entropy(case, gamma):
     x, target = case
     fl = softmax_focal_loss(x, target, gamma, reduction="none")
     ce = F.cross_entropy(x, target, reduction="none")
-    # log p_t from x_y - logsumexp(x) and from log_softmax agree to a few ulps of |x|
+    # log p_t here and in log_softmax agree to a few ulps of |x|
     atol = 1e-14 * (1 + x.abs().max())
     assert torch.all(fl >= 0)
     assert torch.all(fl <= ce * (1 + 1e-12) + atol)
