@@ -144,6 +144,13 @@ def _fast_scale(
     return dl * scale
 
 
+# (N, C) inputs on CPU with at least this many classes add s at the target with a scatter
+# after the full-size pass: there the inner loop runs over classes and the one-hot compare
+# (an arange vector per step) costs more than the rest of the pass; in (N, C, d...) the
+# compare is cheap and the scatter's writes, one per sample, land on separate cache lines.
+_SCATTER_MIN_CLASSES = 16
+
+
 def _fast_apply(x, target, ignore_index: int, shift, log_sum, s):
     """The gradient s·(onehot(y) - softmax(x)): one pass that reads x and writes the result.
 
@@ -160,6 +167,8 @@ def _fast_apply(x, target, ignore_index: int, shift, log_sum, s):
     s_p = s * torch.exp(-log_sum.unsqueeze(1))
     if torch.compiler.is_compiling():
         e = exp_nonpos(xf - shift) if fast else torch.exp(xf - shift)  # x - max <= 0
+        if x.device.type == "cpu" and x.dim() == 2 and x.shape[1] >= _SCATTER_MIN_CLASSES:
+            return (e * -s_p).scatter_add(1, tgt.long(), s).to(in_dtype)
         classes = torch.arange(x.shape[1], device=x.device, dtype=tgt.dtype)
         classes = classes.view([1, -1] + [1] * (x.dim() - 2))
         grad = torch.where(classes == tgt, s, 0.0) - e * s_p

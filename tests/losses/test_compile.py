@@ -102,6 +102,25 @@ def test_softmax_fast_path_compiled_kernels_equal_eager(compile_backend):
     assert_close(grad, eager_grad)
 
 
+def test_softmax_fast_path_many_classes_compiled_kernels_equal_eager(compile_backend):
+    # (N, C) with C >= 16: the gradient pass adds s at the target with a scatter
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 20, generator=gen) * 4
+    x[:2, :10] = SATURATED.view(2, 5).repeat(1, 2)
+    target = torch.randint(0, 20, (16,), generator=gen)
+    target[::4] = -100
+    assert x.shape[1] >= _softmax_kernel._SCATTER_MIN_CLASSES
+
+    def fn(z):
+        return softmax_focal_loss(z, target, 0.5, reduction="none", poly1=0.2)
+
+    (value, grad), (eager_value, eager_grad) = compiled_and_eager(fn, x)
+    assert_kernels_compiled(_softmax_kernel.fast_scale_kernel, _softmax_kernel.fast_apply_kernel)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    assert_close(value, eager_value)
+    assert_close(grad, eager_grad)
+
+
 def test_softmax_general_path_compiled_kernels_equal_eager(compile_backend):
     gen = torch.Generator().manual_seed(2)
     x = logits(2)
