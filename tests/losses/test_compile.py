@@ -76,10 +76,24 @@ def test_sigmoid_compiled_kernels_equal_eager(compile_backend):
         return sigmoid_focal_loss(z, t, alpha, GAMMA, "none", weight=mask, poly1=0.3)
 
     (value, grad), (eager_value, eager_grad) = compiled_and_eager(fn, x)
-    assert_kernels_compiled(_sigmoid_kernel.loss_kernel, _sigmoid_kernel.grad_kernel)
-    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
     assert_close(value, eager_value)
     assert_close(grad, eager_grad)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+
+    # the other two kernels: the loss alone (no grad needed), and the gradient recomputed
+    # from the saved inputs by a second backward through a retained graph
+    with torch.no_grad():
+        assert_close(fn(x), eager_value)
+    z = x.clone().requires_grad_(True)
+    out = fn(z)
+    upstream = torch.linspace(-1.5, 2.0, out.numel()).reshape(out.shape)
+    (first,) = torch.autograd.grad(out, z, upstream, retain_graph=True)
+    (second,) = torch.autograd.grad(out, z, upstream)
+    assert_close(first, eager_grad)
+    assert_close(second, eager_grad)
+    assert_kernels_compiled(
+        _sigmoid_kernel.loss_grad_kernel, _sigmoid_kernel.loss_kernel, _sigmoid_kernel.grad_kernel
+    )
 
 
 def test_softmax_fast_path_compiled_kernels_equal_eager(compile_backend):
