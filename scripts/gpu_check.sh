@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export LIGHTNING_FOCAL_ROOT="${LIGHTNING_FOCAL_ROOT:-/tmp/lightning_focal_gpu_check}"
 status=0
-step() { echo; echo "== $*"; }
+start=$SECONDS
+step() { echo; echo "== [$((SECONDS - start)) s] $*"; }
 
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -33,5 +34,5 @@ step "trainer=ddp on the visible GPUs (one here), bf16-mixed, 50 steps"
 python -m lightning_focal.train trainer=ddp trainer.max_steps=50 logger=csv callbacks.progress_bar=null \
   +trainer.enable_progress_bar=false || status=1
 
-echo; echo "gpu_check status: $status"
+echo; echo "gpu_check status: $status ($((SECONDS - start)) s)"
 exit "$status"
