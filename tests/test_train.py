@@ -98,6 +98,19 @@ def test_experiments_select_their_loss_and_schedule():
     )
 
 
+def test_detection_experiments_use_the_exp_box_head():
+    from hydra.utils import instantiate
+
+    from lightning_focal.models import FCOSExpRegressionHead
+
+    for name in options("experiment"):
+        if name.startswith("detection"):
+            cfg = compose_with(f"experiment={name}")
+            assert cfg.model.box_activation == "exp", name
+    model = instantiate(compose_with("experiment=detection").model, num_classes=3)
+    assert isinstance(model.model.head.regression_head, FCOSExpRegressionHead)
+
+
 def test_default_config_is_the_documented_job():
     cfg = compose_with()
     assert cfg.data._target_.endswith("DigitsLTDataModule") and cfg.data.imbalance_ratio == 100.0

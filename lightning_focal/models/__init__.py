@@ -23,6 +23,7 @@ _LAZY = {
     "FocalRetinaNetHead": "lightning_focal.models._detection_heads",
     "FocalRetinaNetClassificationHead": "lightning_focal.models._detection_heads",
     "FocalFCOSHead": "lightning_focal.models._detection_heads",
+    "FCOSExpRegressionHead": "lightning_focal.models._detection_heads",
     "FocalFCOSClassificationHead": "lightning_focal.models._detection_heads",
 }
 

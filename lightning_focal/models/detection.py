@@ -415,7 +415,14 @@ class FCOSDetector(DenseDetector):
     its centre and on the level responsible for its size. The classification loss uses
     ``normalization="batch"`` by default, which equals torchvision's in one process and
     averages the positive count across DDP ranks; the GIoU box and centre-ness losses are
-    torchvision's. Other arguments: see :class:`DenseDetector`.
+    torchvision's.
+
+    ``box_activation="exp"`` (the default) predicts the four box distances as exp(s_l·x)
+    with a learnable scale per level, as the FCOS paper does
+    (:class:`~lightning_focal.models._detection_heads.FCOSExpRegressionHead`);
+    ``"relu"`` is torchvision's relu(x), whose zero-area boxes at initialisation can stall
+    the GIoU loss at 1.0 for a whole run. With ``"relu"`` every loss term equals
+    torchvision's FCOS (tested). Other arguments: see :class:`DenseDetector`.
 
     Example:
         >>> import torch
@@ -423,6 +430,8 @@ class FCOSDetector(DenseDetector):
         >>> target = {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
         >>> sorted(model(torch.rand(1, 3, 64, 64), [target]))
         ['bbox_ctrness', 'bbox_regression', 'classification']
+        >>> model.model.head.regression_head.scales.tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0]
     """
 
     def __init__(
@@ -434,6 +443,7 @@ class FCOSDetector(DenseDetector):
         fpn_channels: int = 64,
         out_indices: Sequence[int] | None = None,
         center_sampling_radius: float = 1.5,
+        box_activation: str = "exp",
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -470,7 +480,12 @@ class FCOSDetector(DenseDetector):
         strides = backbone.strides
         anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
         head = FocalFCOSHead(
-            backbone.out_channels, 1, self.hparams.num_classes, focal_loss=focal_loss
+            backbone.out_channels,
+            1,
+            self.hparams.num_classes,
+            focal_loss=focal_loss,
+            box_activation=self.hparams.box_activation,
+            num_levels=len(strides),
         )
         return FCOS(
             backbone,

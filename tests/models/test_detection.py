@@ -22,7 +22,12 @@ from lightning.pytorch.loggers import Logger
 
 from lightning_focal.callbacks import ClassBalancedAlpha, FocalBiasInit, GammaWarmup
 from lightning_focal.losses import DenseFocalLoss
-from lightning_focal.models import FCOSDetector, RetinaNetDetector, TimmFPNBackbone
+from lightning_focal.models import (
+    FCOSDetector,
+    FCOSExpRegressionHead,
+    RetinaNetDetector,
+    TimmFPNBackbone,
+)
 from lightning_focal.plots_detection import DetectionSamples, draw_detections
 from lightning_focal.schedules import LinearWarmup
 
@@ -198,6 +203,50 @@ def test_prior_bias_init(cls):
     assert torch.count_nonzero(small(cls).model.head.classification_head.cls_logits.bias) == 0
     bias = small(cls, prior_bias_init=True).model.head.classification_head.cls_logits.bias
     torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)))
+
+
+# -- FCOS box regression --------------------------------------------------------------------
+
+
+def box_loss_backward(model: FCOSDetector) -> tuple[float, nn.Module]:
+    """Box loss of a batch, backpropagated; returns it and the regression head."""
+    images, targets = next(iter(loader()))
+    losses = model.train()(images, targets)
+    losses["bbox_regression"].backward()
+    return float(losses["bbox_regression"]), model.model.head.regression_head
+
+
+def test_relu_box_head_stalls_once_its_outputs_are_negative_and_exp_head_does_not():
+    # Seed 0 of benchmarks/detection.py: torchvision's relu outputs went <= 0 within 5 steps;
+    # then every box has zero area, the GIoU loss is exactly 1 and no gradient reaches the head.
+    relu = small(FCOSDetector, box_activation="relu")
+    nn.init.constant_(relu.model.head.regression_head.bbox_reg.bias, -1.0)
+    loss, head = box_loss_backward(relu)
+    assert loss == pytest.approx(1.0) and torch.count_nonzero(head.bbox_reg.weight.grad) == 0
+
+    exp = small(FCOSDetector)
+    nn.init.constant_(exp.model.head.regression_head.bbox_reg.bias, -1.0)
+    loss, head = box_loss_backward(exp)
+    assert loss < 0.99 and torch.count_nonzero(head.bbox_reg.weight.grad) > 0
+    assert torch.count_nonzero(head.scales.grad) > 0
+
+
+def test_exp_box_head_starts_at_one_stride_with_a_scale_per_level():
+    model = small(FCOSDetector)
+    head = model.model.head.regression_head
+    assert isinstance(head, FCOSExpRegressionHead) and head.scales.tolist() == [1.0] * 5
+    assert any(p is head.scales for p in model.parameters())
+    features = list(model.model.backbone(torch.rand(2, 3, 64, 64)).values())
+    boxes, ctrness = head(features)
+    assert boxes.shape == (2, 64 + 16 + 4 + 1 + 1, 4) and ctrness.shape == (2, 86, 1)
+    # exp(x) with x ~ 0 at initialisation: every box reaches about one stride each way
+    assert bool(((boxes > 0.5) & (boxes < 2.0)).all())
+    with pytest.raises(ValueError, match="feature levels"):
+        head(features[:3])
+    with pytest.raises(ValueError, match="box_activation"):
+        small(FCOSDetector, box_activation="sigmoid")
+    relu = small(FCOSDetector, box_activation="relu").model.head.regression_head
+    assert type(relu).__name__ == "FCOSRegressionHead"
 
 
 # -- training with the focal callbacks -----------------------------------------------------

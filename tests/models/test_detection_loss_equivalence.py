@@ -221,8 +221,14 @@ def test_retinanet_detector_losses_equal_torchvision_retinanet():
 
 
 def test_fcos_detector_losses_equal_torchvision_fcos():
+    # torchvision's regression head: relu box outputs (the default "exp" is the FCOS paper's)
     detector = FCOSDetector(
-        "test_resnet", num_classes=4, image_size=64, fpn_channels=64, prior_bias_init=True
+        "test_resnet",
+        num_classes=4,
+        image_size=64,
+        fpn_channels=64,
+        prior_bias_init=True,
+        box_activation="relu",
     )
     ours = detector.model
     reference = FCOS(
