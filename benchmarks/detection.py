@@ -67,20 +67,26 @@ def main() -> None:
     (args.out / "detection.md").write_text(text + "\n")
     print(text)
 
+    plot(args.arms, summary, len(args.seeds), args.out / "detection.png")
+
+
+def plot(arms: list[str], summary: dict[str, tuple[float, float]], seeds: int, path: Path) -> None:
+    """Bars of mAP@[.5:.95] and mAP50 per arm (means over ``seeds``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    xs = range(len(args.arms))
-    ax.bar([x - 0.2 for x in xs], [summary[a][0] for a in args.arms], 0.4, label="mAP@[.5:.95]")
-    ax.bar([x + 0.2 for x in xs], [summary[a][1] for a in args.arms], 0.4, label="mAP50")
-    ax.set_xticks(list(xs), [ARMS[a] for a in args.arms], rotation=15, ha="right", fontsize=8)
-    ax.set_title(f"shapes detection, mean of {len(args.seeds)} seeds")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    xs = range(len(arms))
+    ax.bar([x - 0.2 for x in xs], [summary[a][0] for a in arms], 0.4, label="mAP@[.5:.95]")
+    ax.bar([x + 0.2 for x in xs], [summary[a][1] for a in arms], 0.4, label="mAP50")
+    ax.set_xticks(list(xs), [ARMS[a] for a in arms], rotation=15, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.3 * max(max(v) for v in summary.values()))  # room for the legend
+    ax.set_title(f"shapes detection, mean of {seeds} seeds")
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
     fig.tight_layout()
-    fig.savefig(args.out / "detection.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
