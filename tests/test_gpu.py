@@ -126,13 +126,12 @@ def test_losses_never_wait_for_the_device(backend):
     logits = torch.randn(4096, 100, device="cuda")
     target = torch.randint(0, 100, (4096,), device="cuda")
     module = FocalLoss("softmax", gamma=0.5, alpha=torch.rand(100) + 0.5).cuda()
+    normalizer = torch.tensor(3.0, device="cuda")  # (torch.tensor(..., device=) itself syncs)
 
     def step():
         z = x.clone().requires_grad_(True)
         sigmoid_focal_loss(z, t, 0.25, 2.0, "mean").backward()
-        sigmoid_focal_loss(
-            z, t, [0.25] * 80, 1.5, "sum", normalizer=torch.tensor(3.0, device="cuda")
-        ).backward()
+        sigmoid_focal_loss(z, t, [0.25] * 80, 1.5, "sum", normalizer=normalizer).backward()
         y = logits.clone().requires_grad_(True)
         softmax_focal_loss(y, target, 2.0, label_smoothing=0.1).backward()
         module(y, target).backward()
@@ -189,3 +188,25 @@ def test_float16_mixed_fit_on_gpu(tmp_path):
     assert float(model.focal_loss.gamma) == 2.0
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sigmoid_keeps_one_full_size_buffer_on_cuda():
+    """Compiled, the forward's only full-size allocation is the gradient it hands to
+    backward: peak extra memory over fwd+bwd stays at one logits-sized tensor."""
+    set_backend("compile")
+    try:
+        x = torch.randn(4, 12500, 80, device="cuda")
+        t = (torch.rand_like(x) < 0.001).float()
+        for _ in range(2):  # compile, then measure
+            z = x.detach().requires_grad_(True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            loss = sigmoid_focal_loss(z, t, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, z)
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            del grad, loss
+    finally:
+        set_backend(None)
+    assert peak <= 1.05 * x.numel() * 4 + (1 << 20), peak / x.numel() / 4

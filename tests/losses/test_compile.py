@@ -135,6 +135,25 @@ def test_softmax_fast_path_many_classes_compiled_kernels_equal_eager(compile_bac
     assert_close(grad, eager_grad)
 
 
+def test_softmax_single_call_gradient_kernel_equals_the_two_kernel_path(compile_backend):
+    """GPUs take the per-sample scale and the full-size pass as one compiled call."""
+    gen = torch.Generator().manual_seed(3)
+    x = logits(3)
+    target = torch.randint(0, 5, (16,), generator=gen)
+    target[::5] = -100
+    xf = x.float()
+    shift, log_sum = _softmax_kernel._row_stats(xf, False)
+    scale = torch.tensor(0.37)
+    args = (x, target, ALPHA, GAMMA, 0.1, None, -100, shift, log_sum, scale, None)
+    one = _softmax_kernel.fast_grad_kernel(x.numel(), *args)
+    s = _softmax_kernel._fast_scale(*args)
+    two = _softmax_kernel._fast_apply(x, target, -100, shift, log_sum, s)
+    assert_kernels_compiled(_softmax_kernel.fast_grad_kernel)
+    assert_close(one, two)
+    assert one[::5].abs().sum() == 0  # ignored samples get no gradient
+    assert torch.isfinite(one).all()
+
+
 def test_softmax_general_path_compiled_kernels_equal_eager(compile_backend):
     gen = torch.Generator().manual_seed(2)
     x = logits(2)
