@@ -21,6 +21,7 @@ CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory allocated befo
 
     python benchmarks/loss_speed.py --markdown            # the table in benchmarks/README.md
     python benchmarks/loss_speed.py --quick               # a short run
+    python benchmarks/loss_speed.py --only sigmoid        # one loss's cases
     python benchmarks/loss_speed.py --device cuda --markdown
     python benchmarks/loss_speed.py --markdown --allocator system   # glibc's own trimming
 """
