@@ -20,6 +20,7 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
         "LIGHTNING_FOCAL_ROOT": str(root),
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
     }
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_focal.train", *args],
@@ -54,6 +55,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
         "callbacks=ddp_check",
         "threads=1",
         "trainer.limit_val_batches=1.0",
+        "logger=wandb",  # wandb (offline here) plus the CSV files read below
     ]
     run_cli(tmp_path, *common)
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
@@ -61,6 +63,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     run = runs[0]
     assert (run / "train_ddp_process_1.log").exists()  # rank 1 ran inside the same dir
     assert len(list((run / "checkpoints").glob("last*.ckpt"))) == 1
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one wandb run, rank 0's
     rows = metric_rows(run)
 
     # The same γ on both ranks at every step, and the schedule's value.
