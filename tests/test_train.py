@@ -111,6 +111,35 @@ def test_detection_experiments_use_the_exp_box_head():
     assert isinstance(model.model.head.regression_head, FCOSExpRegressionHead)
 
 
+def test_retinanet_config_anchors_fit_the_shapes_objects():
+    # torchvision's 32-512 anchors on P3-P7 gave no shapes object an anchor at IoU >= 0.5
+    # (only low-quality matches) and RetinaNet barely learned; the config's must give them.
+    import torch
+    from hydra.utils import instantiate
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    from lightning_focal.data import ShapesDataset
+
+    cfg = compose_with("experiment=detection", "model=retinanet")
+    model = instantiate(cfg.model, num_classes=3).model
+    assert isinstance(model.head.classification_head.conv[0][1], torch.nn.GroupNorm)
+    images = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
+    features = list(model.backbone(images).values())
+    image_list = ImageList(images, [tuple(images.shape[-2:])])
+    anchors = model.anchor_generator(image_list, features)[0]
+    data = ShapesDataset(
+        64,
+        seed=0,
+        image_size=cfg.data.image_size,
+        min_size=cfg.data.min_size,
+        max_size=cfg.data.max_size,
+    )
+    best_iou = torch.cat([box_iou(data[i][1]["boxes"], anchors).amax(1) for i in range(len(data))])
+    assert (best_iou >= cfg.model.bg_iou_thresh).all()
+    assert (best_iou >= cfg.model.fg_iou_thresh).float().mean() >= 0.95
+
+
 def test_default_config_is_the_documented_job():
     cfg = compose_with()
     assert cfg.data._target_.endswith("DigitsLTDataModule") and cfg.data.imbalance_ratio == 100.0

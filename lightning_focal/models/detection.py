@@ -22,7 +22,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from ..losses.dense_focal import DenseFocalLoss
 from ..mixin import FocalLossMixin, _gamma_hparam
 from ._backbone import TimmFPNBackbone
-from ._detection_heads import FocalFCOSHead, FocalRetinaNetHead
+from ._detection_heads import FocalFCOSHead, FocalRetinaNetHead, _group_norm
 
 __all__ = [
     "DenseDetector",
@@ -305,8 +305,11 @@ class RetinaNetDetector(DenseDetector):
     stride, i.e. torchvision's 32-512 for strides 8-128) times ``anchor_scales`` (default
     2^0, 2^(1/3), 2^(2/3), truncated to integers as torchvision does) at each of
     ``aspect_ratios``. Anchors with IoU >= ``fg_iou_thresh`` are positives, < ``bg_iou_thresh``
-    negatives, and those between are ignored. With the default loss settings the
-    classification loss equals torchvision's. Other arguments: see :class:`DenseDetector`.
+    negatives, and those between are ignored. ``head_group_norm=True`` puts a ``GroupNorm``
+    after each of the head's convolutions, as torchvision's ``retinanet_resnet50_fpn_v2``
+    (and FCOS) do; the default ``False`` is the original RetinaNet head. With the default
+    loss settings the classification loss equals torchvision's. Other arguments: see
+    :class:`DenseDetector`.
 
     Example:
         >>> import torch
@@ -329,6 +332,7 @@ class RetinaNetDetector(DenseDetector):
         anchor_sizes: Sequence[int] | None = None,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         anchor_scales: Sequence[float] | None = None,
+        head_group_norm: bool = False,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.4,
         score_thresh: float = 0.05,
@@ -394,6 +398,7 @@ class RetinaNetDetector(DenseDetector):
             backbone.out_channels,
             anchors.num_anchors_per_location()[0],
             self.hparams.num_classes,
+            norm_layer=_group_norm(backbone.out_channels) if self.hparams.head_group_norm else None,
             focal_loss=focal_loss,
         )
         return RetinaNet(

@@ -186,6 +186,9 @@ def test_detectors_hold_a_dense_focal_loss_in_the_head():
     assert retina.focal_bias_layers() == [head.cls_logits]
     assert retina.model.anchor_generator.num_anchors_per_location() == [2] * 5
     assert retina.hparams["focal_loss"]["normalization"] == "per_image"
+    assert not any(isinstance(m, nn.GroupNorm) for m in retina.model.head.modules())
+    normed = small(RetinaNetDetector, head_group_norm=True).model.head
+    assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
 
     fcos = small(FCOSDetector, gamma=[1.0, 2.0, 3.0], ema_momentum=0.9)
     assert fcos.focal_loss.normalization == "batch" and fcos.focal_loss.ema_momentum == 0.9
