@@ -17,6 +17,7 @@ pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
 import lightning.pytorch as pl
+from _trainer_utils import fast_trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
@@ -82,19 +83,8 @@ def loader(n: int = 6, batch_size: int = 3) -> DataLoader:
 
 
 def trainer(tmp_path, **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    """The shared fast CPU trainer, logging every step, not forced deterministic."""
+    return fast_trainer(tmp_path, **{"log_every_n_steps": 1, "deterministic": False, **kwargs})
 
 
 class GammaSeen(Callback):
