@@ -10,7 +10,7 @@ one-off compile cost pays for itself, and falls back to eager for good if compil
 Inside a compiled CPU float32 kernel, :func:`exp_nonpos` and :func:`log1p_unit` replace
 ``torch.exp`` and ``torch.log1p``: inductor calls SLEEF for those, an out-of-line call per
 vector that costs more than the rest of the loss together, while these polynomial forms
-inline into the fused loop (measured: at most 1.1 and 2 ulp from the exact values, where
+inline into the fused loop (measured: at most 1.1 and 2.1 ulp from the exact values, where
 SLEEF's u10 functions are within 1 ulp).
 """
 
@@ -174,15 +174,18 @@ def exp_nonpos(y: Tensor) -> Tensor:
     n = torch.round(y * _LOG2E)
     r = (y - n * _LN2_HI) - n * _LN2_LO
     c2, c3, c4, c5, c6 = _EXP_P
-    p = (((c6 * r + c5) * r + c4) * r + c3) * r + c2
-    p = (p * r * r + r) + 1.0
+    # Estrin's scheme: a shorter chain of dependent FMAs than Horner's, which lets the
+    # CPU overlap more loop iterations of the fused kernel (measured 5% of its time).
+    r2 = r * r
+    p = (c2 + c3 * r) + r2 * ((c4 + c5 * r) + r2 * c6)
+    p = (p * r2 + r) + 1.0
     # 2**n from the exponent bits; below -87.33 (n < -126) those bits are meaningless
     two_n = ((n.to(torch.int32) + 127) << 23).view(torch.float32)
     return torch.where(y < -87.33, 0.0, p * two_n)
 
 
 def log1p_unit(e: Tensor) -> Tensor:
-    """``log1p(e)`` for float32 ``e`` in [0, 1] as ``2 atanh(e / (2 + e))``, within 2 ulp.
+    """``log1p(e)`` for float32 ``e`` in [0, 1] as ``2 atanh(e / (2 + e))``, within 2.1 ulp.
 
     Exact to relative precision as ``e -> 0`` (no ``1 + e`` rounding). Not differentiable
     by autograd: for the kernels' analytic forward and backward only.
@@ -190,6 +193,6 @@ def log1p_unit(e: Tensor) -> Tensor:
     s = e / (2.0 + e)
     z = s * s
     q1, q2, q3, q4 = _ATANH_Q
-    p = (((q4 * z + q3) * z + q2) * z + q1) * z
+    p = ((q1 + q2 * z) + (z * z) * (q3 + q4 * z)) * z  # Estrin, as in exp_nonpos
     two_s = 2.0 * s
     return two_s + two_s * p

@@ -141,22 +141,26 @@ def _grad_terms(x, t, alpha, gamma, weight, eps, policy, gint, fast, with_loss: 
     x, t, one_m_t, s, sn, ss, ce, q, d = _parts(x, t, fast)
     m, dm_ss, g = _modulation(t, s, sn, ss, q, gamma, policy, gint, fast)
     one_m_2t = one_m_t - t
-    grad = d * m
+    w = None if weight is None else weight.to(x.dtype)
+    # α_t and the weight go into the factors that multiply ce, before ce (at the end of
+    # the longest dependency chain, exp then log1p) is ready: one multiply less after it.
+    aw = _times(_alpha_t(alpha, t, one_m_t), w)
+    m_aw = _times(m, aw)
+    grad = d * m_aw
     if dm_ss is not None:
-        grad = grad + ce * dm_ss * one_m_2t
-    loss = ce * m if with_loss else None
-    a_t = _alpha_t(alpha, t, one_m_t)
-    if a_t is not None:
-        grad = a_t * grad
-        loss = a_t * loss if loss is not None else None
-    if eps != 0.0:
-        grad = grad + eps * (g + 1.0) * m * ss * one_m_2t
-        loss = loss + eps * m * q if loss is not None else None
-    if weight is not None:
-        w = weight.to(grad.dtype)
-        grad = grad * w
-        loss = loss * w if loss is not None else None
+        grad = grad + ce * _times(dm_ss, _times(one_m_2t, aw))
+    loss = ce * m_aw if with_loss else None
+    if eps != 0.0:  # Poly-1 term: weighted, not α-balanced
+        grad = grad + _times(eps * (g + 1.0) * m * ss * one_m_2t, w)
+        loss = loss + _times(eps * m * q, w) if loss is not None else None
     return loss, grad
+
+
+def _times(a, b):
+    """``a * b`` where ``None`` stands for a factor of 1."""
+    if a is None:
+        return b
+    return a if b is None else a * b
 
 
 def _grad_kernel(
