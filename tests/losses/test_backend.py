@@ -58,15 +58,15 @@ def _check_exp(fn) -> None:
 def _check_log1p(fn) -> None:
     e = _log1p_inputs()
     err = _ulp_error(fn(e), torch.log1p(e.double()))
-    assert float(err.max()) <= 2.1, f"log1p_unit is {float(err.max()):.2f} ulp off"
-    assert float(err.mean()) < 0.5
+    assert float(err.max()) <= 2.0, f"log1p_unit is {float(err.max()):.2f} ulp off"
+    assert float(err.mean()) < 0.35
 
 
 def test_exp_nonpos_within_1_1_ulp_eagerly() -> None:
     _check_exp(exp_nonpos)
 
 
-def test_log1p_unit_within_2_1_ulp_eagerly() -> None:
+def test_log1p_unit_within_2_ulp_eagerly() -> None:
     _check_log1p(log1p_unit)
 
 
@@ -83,5 +83,5 @@ def test_exp_nonpos_compiled_within_1_1_ulp() -> None:
 
 
 @pytest.mark.slow
-def test_log1p_unit_compiled_within_2_1_ulp() -> None:
+def test_log1p_unit_compiled_within_2_ulp() -> None:
     _check_log1p(torch.compile(log1p_unit, fullgraph=True, options=_COMPILE_OPTIONS))
