@@ -59,15 +59,18 @@ def _parts(x: Tensor, t: Tensor, fast: bool):
     dtype = compute_dtype(x.dtype)
     x = x.to(dtype)
     t = t.to(dtype)
-    neg_abs = -torch.abs(x)
+    # |x| and max(x, 0) both take the x >= 0 branch at x = 0, so that autograd through
+    # this function (the composite path) differentiates one smooth formula there: abs and
+    # clamp_min have derivatives 0 and 1 at 0, which would make σ'(0) = 0.
+    positive = x >= 0
+    neg_abs = torch.where(positive, -x, x)
     e = exp_nonpos(neg_abs) if fast else torch.exp(neg_abs)
     inv = 1.0 / (1.0 + e)  # σ(|x|)
     small = e * inv  # σ(-|x|), exact even where 1 - σ(|x|) rounds to 0
-    positive = x >= 0
     s = torch.where(positive, inv, small)  # σ(x)
     sn = torch.where(positive, small, inv)  # σ(-x)
     log1p_e = log1p_unit(e) if fast else torch.log1p(e)
-    ce = torch.clamp_min(x, 0.0) - t * x + log1p_e
+    ce = torch.where(positive, x, 0.0) - t * x + log1p_e
     one_m_t = 1.0 - t
     a = one_m_t * s
     b = t * sn

@@ -96,3 +96,22 @@ def test_no_gradient_needed_keeps_no_gradient_buffer(monkeypatch):
     assert calls == []
     sigmoid_focal_loss(x.clone().requires_grad_(True), t, reduction="sum")
     assert calls == [1]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.3])
+def test_composite_path_gradient_at_zero_logits(gamma):
+    """Exactly-zero logits (zero-initialised heads, ReLU outputs) get σ'(0) right on the
+    autograd path too (targets with a gradient, or inside a user's torch.compile), where
+    abs/clamp_min derivatives at 0 once gave 1 - t instead of 1/2 - t."""
+    x = torch.tensor([[0.0, -0.0, 0.0], [0.0, 0.0, -0.0]])
+    t = torch.tensor([[0.0, 1.0, 0.3], [1.0, 0.0, 0.7]])
+    expected = textbook_grad(x, t, gamma=gamma).float()
+
+    fused = x.clone().requires_grad_(True)
+    sigmoid_focal_loss(fused, t, 0.25, gamma, "sum").backward()
+    composite = x.clone().requires_grad_(True)
+    sigmoid_focal_loss(composite, t.clone().requires_grad_(True), 0.25, gamma, "sum").backward()
+
+    assert_close(fused.grad, expected)
+    assert_close(composite.grad, expected)
+    assert (expected.abs() > 0.01).all()  # not a case where every formula gives ~0
