@@ -1,0 +1,31 @@
+"""The package root: its public names, and an import that stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import lightning_focal
+
+
+def test_import_does_not_import_the_app_dependencies() -> None:
+    """``import lightning_focal`` and its lazy Lightning names leave timm, wandb and hydra
+    unimported (a fresh interpreter, so nothing else imported them first). The plain import
+    (the loss core) leaves torchvision out too; Lightning itself imports it when installed."""
+    code = (
+        "import sys, lightning_focal as lf\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "names = [getattr(lf, n) for n in lf.__all__]\n"
+        "heavy = sorted({'timm', 'wandb', 'hydra', 'omegaconf'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_public_name_resolves_and_has_a_docstring_example() -> None:
+    for name in lightning_focal.__all__:
+        obj = getattr(lightning_focal, name)
+        if name == "__version__":
+            assert isinstance(obj, str)
+            continue
+        assert ">>>" in (obj.__doc__ or ""), f"{name} has no runnable example"
