@@ -21,7 +21,12 @@ REDUCTIONS = ("none", "mean", "sum")
 
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+        # worded so that both torch's ("... is not a valid value for reduction") and
+        # torchvision's ("Invalid ...") error matches hold for this drop-in
+        raise ValueError(
+            f"Invalid reduction: {reduction} is not a valid value for reduction; "
+            "expected 'none', 'mean' or 'sum'"
+        )
 
 
 def check_logits(name: str, x: object) -> Tensor:

@@ -45,7 +45,7 @@ def test_unknown_mode_raises():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(reduction="avg"), "unknown reduction 'avg'"),
+        (dict(reduction="avg"), "avg is not a valid value for reduction"),
         (dict(gamma=-1.0), "gamma must be finite and >= 0"),
         (dict(gamma=torch.tensor([1.0, -2.0])), "gamma must be finite and >= 0"),
         (dict(mode="sigmoid", alpha=[0.2, 1.2]), r"must lie in \[0, 1\]"),

@@ -425,7 +425,7 @@ def _xt(shape=(4, 5)):
         (dict(alpha=torch.full((5,), -0.1)), ValueError, r"must lie in \[0, 1\]"),
         (dict(alpha=1.5), ValueError, r"must lie in \[0, 1\]"),
         (dict(alpha=torch.ones(2, 5)), ValueError, "alpha must be a scalar or a 1-D"),
-        (dict(reduction="avg"), ValueError, "unknown reduction 'avg'"),
+        (dict(reduction="avg"), ValueError, "avg is not a valid value for reduction"),
         (dict(reduction="mean", normalizer=4.0), ValueError, "normalizer .* reduction='sum'"),
         (dict(reduction="none", normalizer=4.0), ValueError, "normalizer .* reduction='sum'"),
         (dict(reduction="sum", normalizer=0.0), ValueError, "normalizer must be > 0"),
@@ -440,6 +440,19 @@ def test_bad_input(kwargs, error, match):
     args = dict(inputs=x, targets=t) | kwargs
     with pytest.raises(error, match=match):
         sigmoid_focal_loss(**args)
+
+
+def test_bad_reduction_error_matches_torchvision_and_torch_patterns():
+    """Code written against torchvision (``match="Invalid"``) or torch's losses
+    (``"xyz is not a valid value for reduction"``) still catches this drop-in's error."""
+    x, t = _xt()
+    with pytest.raises(ValueError, match="Invalid") as ours:
+        sigmoid_focal_loss(x, t, 0.25, 2, "xyz")
+    with pytest.raises(ValueError, match="Invalid"):
+        torchvision.ops.sigmoid_focal_loss(x, t, 0.25, 2, "xyz")
+    with pytest.raises(ValueError) as theirs:
+        F.binary_cross_entropy_with_logits(x, t, reduction="xyz")
+    assert str(theirs.value) in str(ours.value)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
