@@ -477,7 +477,11 @@ def test_gradcheck_probability_targets_with_grad():
             ValueError,
             "alpha must be finite and >= 0",
         ),
-        (dict(reduction="elementwise_mean"), ValueError, "elementwise_mean is not a valid value for reduction"),
+        (
+            dict(reduction="elementwise_mean"),
+            ValueError,
+            "elementwise_mean is not a valid value for reduction",
+        ),
         (dict(label_smoothing=1.5), ValueError, r"label_smoothing must be in \[0, 1\]"),
         (dict(input=torch.tensor(1.0)), ValueError, "class dimension"),
     ],
