@@ -135,6 +135,11 @@ def check_weight_values(name: str, w: Tensor) -> None:
         raise ValueError(message)
 
 
+class ClassIndexError(ValueError, IndexError):
+    """A class index out of range: a ``ValueError`` that is also the ``IndexError`` that
+    ``F.cross_entropy`` raises on the CPU, so handlers written for either catch it."""
+
+
 def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
     if _tracing() or target.numel() == 0:
         return
@@ -149,7 +154,7 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
     lo, hi = int(lo), int(hi)
     if lo < 0 or hi >= num_classes:
         value = lo if lo < 0 else hi
-        raise ValueError(
+        raise ClassIndexError(
             f"target holds class index {value}, out of range for {num_classes} classes "
             f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})"
         )

@@ -492,6 +492,20 @@ def test_bad_input(kwargs, error, match):
         softmax_focal_loss(**args)
 
 
+def test_class_index_error_is_also_cross_entropys_index_error():
+    """Handlers written for ``F.cross_entropy`` (``IndexError`` on the CPU) still catch it."""
+    x, target = torch.randn(3, NUM_CLASSES), torch.tensor([0, NUM_CLASSES, 1])
+    with pytest.raises(IndexError):
+        F.cross_entropy(x, target)
+    with pytest.raises(IndexError, match="out of range"):
+        softmax_focal_loss(x, target)
+    dense = torch.randn(3, NUM_CLASSES, 2, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        softmax_focal_loss(dense, target.view(3, 1, 1).expand(3, 2, 2), gamma=0.0)
+    # ignore_index is not an index: no error for it
+    softmax_focal_loss(x, torch.tensor([0, -100, 1]))
+
+
 @pytest.mark.parametrize("ignore_index", [0, 3, 255])
 def test_ignore_index_with_probabilities_raises_like_cross_entropy(ignore_index):
     x, target, _ = make_case((3, NUM_CLASSES), "probs")
