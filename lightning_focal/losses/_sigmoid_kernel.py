@@ -121,14 +121,10 @@ def sigmoid_focal_elementwise(
 def _elementwise_loss(x, t, alpha, gamma, weight, eps, policy, gint, fast):
     x, t, one_m_t, s, sn, ss, ce, q, _ = _parts(x, t, fast)
     m, _, _ = _modulation(t, s, sn, ss, q, gamma, policy, gint, fast)
-    loss = ce * m
-    a_t = _alpha_t(alpha, t, one_m_t)
-    if a_t is not None:
-        loss = a_t * loss
-    if eps != 0.0:
-        loss = loss + eps * m * q
-    if weight is not None:
-        loss = loss * weight.to(loss.dtype)
+    w = None if weight is None else weight.to(x.dtype)
+    loss = ce * _times(m, _times(_alpha_t(alpha, t, one_m_t), w))  # as in _grad_terms
+    if eps != 0.0:  # Poly-1 term: weighted, not α-balanced
+        loss = loss + _times(eps * m * q, w)
     return loss
 
 
