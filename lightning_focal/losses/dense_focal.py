@@ -124,25 +124,12 @@ class DenseFocalLoss(FocalLoss):
         per_image = positive.sum(dim=1).to(torch.float32)
         self.last_num_positives = per_image.sum().detach()
         gamma = self._gamma_arg()
-        if normalizer is not None:
-            norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
-            self.last_normalizer = norm.detach()
-            return sigmoid_focal_loss(
-                input,
-                target,
-                self.alpha,
-                gamma,
-                "sum",
-                weight=weight,
-                normalizer=norm,
-                poly1=self.poly1,
-            )
-        if self.normalization == "mean":
+        if self.normalization == "mean" and normalizer is None:
             self.last_normalizer = torch.tensor(float(input[..., 0].numel()))
             return sigmoid_focal_loss(
                 input, target, self.alpha, gamma, "mean", weight=weight, poly1=self.poly1
             )
-        if self.normalization == "per_image":
+        if self.normalization == "per_image" and normalizer is None:
             scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
             scale = scale.view(-1, 1, 1)
             w = scale if weight is None else weight.to(scale.dtype) * scale
@@ -150,7 +137,10 @@ class DenseFocalLoss(FocalLoss):
             return sigmoid_focal_loss(
                 input, target, self.alpha, gamma, "sum", weight=w, poly1=self.poly1
             )
-        norm = self._batch_normalizer(per_image.sum())
+        if normalizer is not None:  # given by the caller: overrides the normalization
+            norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
+        else:
+            norm = self._batch_normalizer(per_image.sum())
         self.last_normalizer = norm.detach()
         return sigmoid_focal_loss(
             input,
