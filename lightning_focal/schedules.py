@@ -9,7 +9,7 @@ Every γ value a constructor takes may be a scalar or per-class (one γ per clas
 schedule returns ``list[float]``; a scalar given next to a per-class list is broadcast to every
 class. Constructors take only plain values (``int``, ``float``, ``list[float]``, ``str``), so a
 schedule can be built from LightningCLI YAML (``class_path``/``init_args``) or from a Hydra
-``_target_`` node. This module imports neither torch nor lightning.
+``_target_`` node. γ values are parsed by the one γ parser the losses use.
 
 Example:
     >>> schedule = LinearWarmup(start=0.0, end=2.0, steps=100)
@@ -24,9 +24,10 @@ import bisect
 import itertools
 import math
 import numbers
-import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
+
+from .losses._common import gamma_value, int_value
 
 __all__ = [
     "ConstantGamma",
@@ -38,32 +39,6 @@ __all__ = [
     "SequentialGamma",
     "build_schedule",
 ]
-
-
-def _gamma_value(value: Any, name: str) -> float | list[float]:
-    """Normalise a γ given as a scalar or per-class sequence; reject negative or non-finite γ."""
-    if hasattr(value, "tolist"):
-        # A torch tensor or numpy array: take its plain-Python value without importing either.
-        value = value.tolist()
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        gamma = float(value)
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"`{name}` must be a finite γ >= 0, got {value!r}")
-        return gamma
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        # Hydra hands lists over as ListConfig, which is a Sequence too.
-        raise TypeError(f"`{name}` must be a float or a sequence of floats, got {value!r}")
-    if len(value) == 0:
-        raise ValueError(f"`{name}` must hold at least one per-class γ, got an empty sequence")
-    gammas = []
-    for index, item in enumerate(value):
-        if not isinstance(item, numbers.Real) or isinstance(item, bool):
-            raise TypeError(f"`{name}[{index}]` must be a float, got {item!r}")
-        gamma = float(item)
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"`{name}[{index}]` must be a finite γ >= 0, got {item!r}")
-        gammas.append(gamma)
-    return gammas
 
 
 def _num_classes(*values: float | list[float], names: Sequence[str]) -> int | None:
@@ -82,22 +57,9 @@ def _broadcast(value: float | list[float], num_classes: int | None) -> float | l
     return list(value) if isinstance(value, list) else [value] * num_classes
 
 
-def _integer(value: Any, name: str, minimum: int) -> int:
-    """Check that ``value`` is an int (not a bool) no smaller than ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"`{name}` must be an int, got {value!r}")
-    try:
-        integer = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be an int, got {value!r}") from None
-    if integer < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {integer}")
-    return integer
-
-
 def _milestones(milestones: Sequence[int], num_segments: int, segments_name: str) -> list[int]:
     """Check milestones: ints >= 1, strictly increasing, one fewer than the segments."""
-    checked = [_integer(m, f"milestones[{i}]", minimum=1) for i, m in enumerate(milestones)]
+    checked = [int_value(m, f"milestones[{i}]", minimum=1) for i, m in enumerate(milestones)]
     if any(later <= earlier for earlier, later in itertools.pairwise(checked)):
         raise ValueError(f"`milestones` must be strictly increasing, got {checked}")
     if num_segments != len(checked) + 1:
@@ -185,7 +147,7 @@ class GammaSchedule(abc.ABC):
 
     def _check_call(self, step: int, total_steps: int | float | None) -> int:
         self.validate(total_steps)
-        return _integer(step, "step", minimum=0)
+        return int_value(step, "step", minimum=0)
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{field}={getattr(self, field)!r}" for field in self._fields)
@@ -214,7 +176,7 @@ class ConstantGamma(GammaSchedule):
     _fields = ("gamma",)
 
     def __init__(self, gamma: float | Sequence[float] = 2.0) -> None:
-        self.gamma = _gamma_value(gamma, "gamma")
+        self.gamma = gamma_value(gamma, "gamma")
         self.num_classes = _num_classes(self.gamma, names=["gamma"])
         self._freeze()
 
@@ -241,15 +203,15 @@ class _Ramp(GammaSchedule):
         fraction: float | None = None,
         delay: int = 0,
     ) -> None:
-        self.start = _gamma_value(start, "start")
-        self.end = _gamma_value(end, "end")
+        self.start = gamma_value(start, "start")
+        self.end = gamma_value(end, "end")
         self.num_classes = _num_classes(self.start, self.end, names=["start", "end"])
         if (steps is None) == (fraction is None):
             raise ValueError(
                 f"give exactly one of `steps` and `fraction`, got steps={steps!r} and "
                 f"fraction={fraction!r}"
             )
-        self.steps = None if steps is None else _integer(steps, "steps", minimum=1)
+        self.steps = None if steps is None else int_value(steps, "steps", minimum=1)
         if fraction is not None:
             if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
                 raise TypeError(f"`fraction` must be a float, got {fraction!r}")
@@ -257,7 +219,7 @@ class _Ramp(GammaSchedule):
                 raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}")
             fraction = float(fraction)
         self.fraction = fraction
-        self.delay = _integer(delay, "delay", minimum=0)
+        self.delay = int_value(delay, "delay", minimum=0)
         self._freeze()
 
     def validate(self, total_steps: int | float | None) -> None:
@@ -405,7 +367,7 @@ class MultiStepGamma(GammaSchedule):
     ) -> None:
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             raise TypeError(f"`values` must be a sequence of γ values, got {values!r}")
-        checked = [_gamma_value(value, f"values[{i}]") for i, value in enumerate(values)]
+        checked = [gamma_value(value, f"values[{i}]") for i, value in enumerate(values)]
         self.num_classes = _num_classes(
             *checked, names=[f"values[{i}]" for i in range(len(checked))]
         )

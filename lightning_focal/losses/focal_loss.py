@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import (
+from ._common import (
     as_class_tensor,
     check_alpha_unit_interval,
     check_gamma_values,

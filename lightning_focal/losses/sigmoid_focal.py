@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import (
+from ._common import (
     as_class_tensor,
     check_alpha_unit_interval,
     check_gamma_values,

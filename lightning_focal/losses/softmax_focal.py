@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import (
+from ._common import (
     as_class_tensor,
     check_class_indices,
     check_logits,

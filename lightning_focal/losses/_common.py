@@ -1,4 +1,10 @@
-"""Argument and tensor validation shared by the focal losses.
+"""What the focal-loss families share: one parser for γ and α values, the argument and
+tensor checks, and the small helpers of both kernels.
+
+One parser per kind of value: :func:`gamma_value` (a scalar or per-class γ as plain
+Python floats, used by the schedules and the policies), :func:`class_tensor` (the same
+as a tensor for the losses). The public functions and the modules validate with these once,
+where a value enters; the private loss functions trust them.
 
 Value checks (γ ≥ 0, α in [0, 1], class indices in range) read tensor values. On the CPU
 they read them once and raise a ``ValueError`` naming the problem. On an accelerator a
@@ -11,12 +17,81 @@ synchronisation. They are skipped while ``torch.compile`` traces a graph.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
+
+Policy = tuple[tuple[float, ...], tuple[float, ...]] | None
+
+
+def gamma_value(value: Any, name: str = "gamma") -> float | list[float]:
+    """A γ given as a scalar or per-class sequence, as plain floats; refuse negative or
+    non-finite values, naming ``name``.
+
+    Example:
+        >>> gamma_value(2), gamma_value([0.5, 1.0])
+        (2.0, [0.5, 1.0])
+        >>> gamma_value(-1.0, "loss.gamma")
+        Traceback (most recent call last):
+          ...
+        ValueError: `loss.gamma` must be a finite γ >= 0, got -1.0
+    """
+    if hasattr(value, "tolist"):  # a tensor or numpy array
+        value = value.tolist()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        gamma = float(value)
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"`{name}` must be a finite γ >= 0, got {value!r}")
+        return gamma
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        # Hydra hands lists over as ListConfig, which is a Sequence too.
+        raise TypeError(f"`{name}` must be a float or a sequence of floats, got {value!r}")
+    if len(value) == 0:
+        raise ValueError(f"`{name}` must hold at least one per-class γ, got an empty sequence")
+    gammas = []
+    for index, item in enumerate(value):
+        if not isinstance(item, numbers.Real) or isinstance(item, bool):
+            raise TypeError(f"`{name}[{index}]` must be a float, got {item!r}")
+        gammas.append(gamma_value(item, f"{name}[{index}]"))
+    return gammas
+
+
+def int_value(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int (not a bool) no smaller than ``minimum``.
+
+    Example:
+        >>> int_value(3, "steps", minimum=1)
+        3
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int, got {value!r}")
+    try:
+        integer = operator.index(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an int, got {value!r}") from None
+    if integer < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {integer}")
+    return integer
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other float type is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def policy_gamma(p_t: Tensor, policy: tuple[tuple[float, ...], tuple[float, ...]]) -> Tensor:
+    """Per-element γ of a sample-dependent policy ``(thresholds, gammas)`` at ``p_t``."""
+    thresholds, gammas = policy
+    gamma = torch.full_like(p_t, gammas[0])
+    for threshold, value in zip(thresholds, gammas[1:]):
+        gamma = torch.where(p_t >= threshold, value, gamma)
+    return gamma
 
 
 def check_reduction(reduction: str) -> None:
