@@ -31,6 +31,7 @@ CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory allocated befo
     python benchmarks/loss_speed.py --quick               # a short run
     python benchmarks/loss_speed.py --only sigmoid        # one loss's cases
     python benchmarks/loss_speed.py --only small          # the small sizes only
+    python benchmarks/loss_speed.py --startup             # compile start-up only
     python benchmarks/loss_speed.py --device cuda --markdown
     python benchmarks/loss_speed.py --markdown --allocator system   # glibc's own trimming
 """
@@ -39,11 +40,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -478,6 +482,19 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.1f}x" if b >= a else f"1/{a / b:.1f}"
 
 
+def table(head: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    """Lines of a Markdown table, or of an aligned plain-text one."""
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |"]
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
+        return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in [head, *rows]
+    ]
+
+
 def report(case: Case, markdown: bool, check: str) -> str:
     ref = next(impl for impl in case.impls if impl.name == case.reference)
     ref_t = statistics.median(ref.fwd_bwd)
@@ -511,24 +528,149 @@ def report(case: Case, markdown: bool, check: str) -> str:
             ]
         )
     lines = [f"### {case.title}" if markdown else f"== {case.title}", ""]
-    if markdown:
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    else:
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        for row in [head, *rows]:
-            lines.append(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(row, widths))
-                )
-            )
+    lines += table(head, rows, markdown)
     lines += [
         "",
         f"lightning_focal {check}. The default backend runs {case.default_backend} "
         f"at this size ({math.prod(case.shape)} elements; it compiles from "
         f"{COMPILE_MIN_NUMEL}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- compile start-up: fresh processes ------------------------------------------------
+
+# Run as ``python -c STARTUP_CHILD SPEC``: imports, then times (wall clock) the first
+# forward+backward, steady calls, the first call at a second shape (a recompile) and steady
+# calls at the first shape again. Prints one JSON line.
+STARTUP_CHILD = """
+import json, statistics, sys, time
+start = time.perf_counter()
+import torch
+torch_done = time.perf_counter()
+import lightning_focal
+from lightning_focal.losses import sigmoid_focal_loss, softmax_focal_loss
+lf_done = time.perf_counter()
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+gen = torch.Generator().manual_seed(0)
+
+def inputs(shape):
+    if spec["loss"] == "sigmoid":
+        x = torch.randn(shape, generator=gen) * 1.5 - 4.6
+        t = (torch.rand(shape, generator=gen) < 1e-3).float()
+    else:
+        x = torch.randn(shape, generator=gen) * 2.0
+        t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
+    return x.to(spec["device"]).requires_grad_(), t.to(spec["device"])
+
+def seconds(x, t):
+    begin = time.perf_counter()
+    if spec["loss"] == "sigmoid":
+        loss = sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="sum")
+    else:
+        loss = softmax_focal_loss(x, t, gamma=2.0)
+    torch.autograd.grad(loss, x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - begin
+
+first, second = inputs(tuple(spec["first"])), inputs(tuple(spec["second"]))
+out = {"import_torch": torch_done - start, "import_lf": lf_done - torch_done}
+out["first"] = seconds(*first)
+out["steady"] = statistics.median(seconds(*first) for _ in range(10))
+out["second"] = seconds(*second)
+out["steady_after"] = statistics.median(seconds(*first) for _ in range(10))
+print(json.dumps(out))
+"""
+
+# (loss, first shape, second shape: a smaller batch, as the last batch of an epoch)
+STARTUP_CASES = (
+    ("sigmoid", SIGMOID_1E6, (1, 6250, 80)),
+    ("softmax", (4096, 1000), (2048, 1000)),
+)
+
+
+def launch_env() -> dict[str, str]:
+    """The environment this process started with, without the defaults this script sets.
+
+    The start-up children should compile as a user's process does (inductor's own choice of
+    compile threads, say). Linux keeps the initial environment in /proc/self/environ.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    pairs = (entry.decode(errors="surrogateescape").split("=", 1) for entry in entries if entry)
+    return {key: value for key, value in (p for p in pairs if len(p) == 2)}
+
+
+def startup_child(spec: dict, cache_dir: str) -> dict[str, float]:
+    env = {
+        **launch_env(),
+        "LIGHTNING_FOCAL_BACKEND": "compile",
+        "TORCHINDUCTOR_CACHE_DIR": cache_dir,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTUP_CHILD, json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"start-up child {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def startup(device: torch.device, threads: int, markdown: bool) -> str:
+    """First compiled calls in fresh processes, with a cold and then a warm inductor cache."""
+    head = [
+        "loss (first shape → second shape)",
+        "first call, cold cache s",
+        "first call, warm cache s",
+        "second shape, cold / warm s",
+        "steady call ms",
+        "steady call after the second shape ms",
+    ]
+    rows, imports = [], []
+    for loss, first, second in STARTUP_CASES:
+        spec = {
+            "loss": loss,
+            "first": first,
+            "second": second,
+            "device": str(device),
+            "threads": threads,
+        }
+        with tempfile.TemporaryDirectory(prefix="lf_inductor_") as cache_dir:
+            cold = startup_child(spec, cache_dir)
+            warm = startup_child(spec, cache_dir)
+        imports += [cold, warm]
+        rows.append(
+            [
+                f"{loss} {first} → {second}",
+                f"{cold['first']:.2f}",
+                f"{warm['first']:.2f}",
+                f"{cold['second']:.2f} / {warm['second']:.2f}",
+                f"{cold['steady'] * 1e3:.2f}",
+                f"{cold['steady_after'] * 1e3:.2f}",
+            ]
+        )
+    import_torch = statistics.median(r["import_torch"] for r in imports)
+    import_lf = statistics.median(r["import_lf"] for r in imports)
+    title = "compile start-up: fresh processes, wall time, LIGHTNING_FOCAL_BACKEND=compile"
+    lines = [f"### {title}" if markdown else f"== {title}", ""]
+    lines += table(head, rows, markdown)
+    lines += [
+        "",
+        "Cold: a fresh empty TORCHINDUCTOR_CACHE_DIR; warm: a second process with the same "
+        "directory. First call and second shape: one forward+backward each (the second "
+        "shape recompiles). Steady: median of 10 calls at the first shape, before and after "
+        "the second shape (the cold process; the compile is then for dynamic shapes).",
+        f"Import (median of {len(imports)} fresh processes): torch {import_torch:.2f} s, "
+        f"then lightning_focal {import_lf:.3f} s.",
         "",
     ]
     return "\n".join(lines)
@@ -656,6 +798,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run one loss's cases, or only the small (or large) sizes",
     )
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only the compile start-up section (fresh processes); a full --markdown run has it",
+    )
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args(argv)
 
@@ -685,11 +832,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     start = time.perf_counter()
-    all_cases = cases(args.quick, args.only)
+    all_cases = [] if args.startup else cases(args.quick, args.only)
     for case in all_cases:
         run_case(case, device, repeats, args.warmup, args.clock, args.sample_ms)
         print(report(case, args.markdown, check_agreement(case, device)), flush=True)
-    print(targets(all_cases))
+    full_markdown_run = args.markdown and not args.quick and args.only is None
+    if args.startup or full_markdown_run:
+        print(startup(device, args.threads, args.markdown), flush=True)
+    if all_cases:
+        print(targets(all_cases))
     print()
     print(f"(benchmark wall time {time.perf_counter() - start:.0f} s)")
     return 0
