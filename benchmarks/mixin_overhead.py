@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_focal import FocalLossMixin
+from lightning_focal import FocalLossMixin, SoftmaxFocalLoss
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.schedules import LinearWarmup
 
@@ -61,7 +61,7 @@ class CEModel(pl.LightningModule):
 class FocalModel(FocalLossMixin, CEModel):
     def __init__(self, model: str, num_classes: int) -> None:
         super().__init__(model, num_classes)
-        self.configure_focal_loss("softmax", gamma=2.0, num_classes=num_classes)
+        self.configure_focal_loss(SoftmaxFocalLoss(gamma=2.0, num_classes=num_classes))
 
     def compute_loss(self, logits, y):
         return self.focal_loss(logits, y)

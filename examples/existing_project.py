@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
-from lightning_focal import FocalLossMixin
+from lightning_focal import FocalLossMixin, SoftmaxFocalLoss
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.demos import ImbalancedBlobsDataModule
 from lightning_focal.schedules import LinearWarmup
@@ -58,7 +58,7 @@ class FocalClassifier(FocalLossMixin, PlainClassifier):  # (1) the mixin as firs
 
     def __init__(self, num_features: int = 8, num_classes: int = 3, lr: float = 0.05) -> None:
         super().__init__(num_features, num_classes, lr)
-        self.configure_focal_loss("softmax", gamma=2.0, num_classes=num_classes)  # (2)
+        self.configure_focal_loss(SoftmaxFocalLoss(gamma=2.0))  # (2)
 
     def compute_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.focal_loss(logits, y)  # (3) replaces F.cross_entropy(logits, y)

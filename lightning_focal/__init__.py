@@ -16,41 +16,65 @@ from importlib import import_module
 from typing import Any
 
 from .losses import (
-    FocalLoss,
+    FLSD53,
+    DenseFocalLoss,
+    FocalLossBase,
     SampleDependentGamma,
+    SigmoidFocalLoss,
+    SoftmaxFocalLoss,
     class_balanced_weights,
-    flsd53,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "FocalLossMixin": "lightning_focal.mixin",
-    "GammaWarmup": "lightning_focal.callbacks",
-    "ClassBalancedAlpha": "lightning_focal.callbacks",
-    "FocalBiasInit": "lightning_focal.callbacks",
-    "CalibrationGamma": "lightning_focal.callbacks",
-}
-
-__all__ = [
+_CALLBACKS = (
     "CalibrationGamma",
     "ClassBalancedAlpha",
+    "DistributedConsistencyCheck",
     "FocalBiasInit",
-    "FocalLoss",
-    "FocalLossMixin",
+    "FocalPlots",
     "GammaWarmup",
-    "SampleDependentGamma",
-    "__version__",
-    "class_balanced_weights",
-    "flsd53",
-    "sigmoid_focal_loss",
-    "softmax_focal_loss",
-]
+)
+_SCHEDULES = (
+    "ConstantGamma",
+    "CosineWarmup",
+    "ExponentialWarmup",
+    "GammaSchedule",
+    "LinearWarmup",
+    "MultiStepGamma",
+    "SequentialGamma",
+)
+# The Lightning side is imported on first use, so that the loss core alone stays light.
+_LAZY = {
+    "FocalLossMixin": "lightning_focal.mixin",
+    **dict.fromkeys(_CALLBACKS, "lightning_focal.callbacks"),
+    **dict.fromkeys(_SCHEDULES, "lightning_focal.schedules"),
+}
+
+__all__ = sorted(
+    [
+        "FLSD53",
+        "DenseFocalLoss",
+        "FocalLossBase",
+        "SampleDependentGamma",
+        "SigmoidFocalLoss",
+        "SoftmaxFocalLoss",
+        "__version__",
+        "class_balanced_weights",
+        "sigmoid_focal_loss",
+        "softmax_focal_loss",
+        *_LAZY,
+    ]
+)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lightning_focal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .losses import SigmoidFocalLoss, SoftmaxFocalLoss
 from .mixin import FocalLossMixin
 
 __all__ = ["BoringFocalClassifier", "ImbalancedBlobsDataModule"]
@@ -79,8 +80,8 @@ class BoringFocalClassifier(FocalLossMixin, pl.LightningModule):
 
     Example:
         >>> model = BoringFocalClassifier(num_classes=3, gamma=1.0)
-        >>> float(model.focal_loss.gamma), model.hparams["focal_loss"]["mode"]
-        (1.0, 'softmax')
+        >>> float(model.focal_loss.gamma), type(model.focal_loss).__name__
+        (1.0, 'SoftmaxFocalLoss')
     """
 
     def __init__(
@@ -88,21 +89,22 @@ class BoringFocalClassifier(FocalLossMixin, pl.LightningModule):
         num_features: int = 8,
         num_classes: int = 3,
         gamma: float = 2.0,
-        mode: str = "softmax",
+        sigmoid: bool = False,
         lr: float = 0.05,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(num_features, 16), nn.ReLU(), nn.Linear(16, num_classes))
-        self.configure_focal_loss(mode, gamma=gamma, num_classes=num_classes, bias_layer="net.2")
+        loss_class = SigmoidFocalLoss if sigmoid else SoftmaxFocalLoss
+        self.configure_focal_loss(
+            loss_class(gamma=gamma, num_classes=num_classes), bias_layer="net.2"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def _targets(self, logits: Tensor, y: Tensor) -> Tensor:
-        if self.focal_loss.mode == "sigmoid":
-            return nn.functional.one_hot(y, logits.shape[-1]).float()
-        return y
+        return self.focal_loss.encode_target(y, logits.shape[-1])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

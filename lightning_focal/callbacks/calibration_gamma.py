@@ -96,23 +96,7 @@ class CalibrationGamma(Callback):
     def _hook(self, module, args: tuple, kwargs: dict, output: Tensor) -> None:
         if module.training or len(args) < 2:
             return
-        logits, target = args[0].detach().float(), args[1].detach()
-        if module.mode == "softmax":
-            if logits.dim() == 1:
-                logits, target = logits.unsqueeze(0), target.unsqueeze(0)
-            probs = torch.softmax(logits, dim=1)
-            conf, pred = probs.max(dim=1)
-            if target.is_floating_point():
-                target = target.argmax(dim=1)
-            valid = target != module.ignore_index
-            conf, correct = conf[valid], (pred == target)[valid]
-        else:
-            p = torch.sigmoid(logits)
-            mask = torch.ones_like(p, dtype=torch.bool)
-            if kwargs.get("weight") is not None:
-                mask = (kwargs["weight"] > 0).expand_as(p)
-            conf = torch.maximum(p, 1.0 - p)[mask]
-            correct = ((p > 0.5) == (target > 0.5))[mask]
+        conf, correct = module.confidence(args[0], args[1].detach(), kwargs.get("weight"))
         if conf.numel() == 0:
             return
         # ECE of the top-label confidence: a binary calibration error of "was it right".
@@ -149,7 +133,7 @@ class CalibrationGamma(Callback):
         new = self.next_gamma(current, gap)
         delta = new - current
         for loss in losses.values():
-            loss.set_gamma((loss.gamma.float() + delta).clamp(self.min_gamma, self.max_gamma))
+            loss.gamma = (loss.gamma.float() + delta).clamp(self.min_gamma, self.max_gamma)
         self.gamma_history.append(new)
         pl_module.log("focal/ece", ece, on_epoch=True)
         pl_module.log("focal/calibration_gap", gap, on_epoch=True)

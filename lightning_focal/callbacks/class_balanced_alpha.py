@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from ..losses import FocalLoss
-from ..losses.class_weights import METHODS, class_balanced_weights, weights_to_sigmoid_alpha
+from ..losses import FocalLossBase
+from ..losses.class_weights import METHODS, class_balanced_weights
 from ._common import require_focal_losses
 
 __all__ = ["ClassBalancedAlpha", "count_batch_targets"]
@@ -53,7 +53,7 @@ def count_batch_targets(target: Any, num_classes: int, ignore_index: int = -100)
 
 
 def _num_classes(
-    pl_module: pl.LightningModule, losses: Iterable[FocalLoss], given: int | None
+    pl_module: pl.LightningModule, losses: Iterable[FocalLossBase], given: int | None
 ) -> int:
     if given is not None:
         return given
@@ -69,7 +69,7 @@ def _num_classes(
             return value
     raise MisconfigurationException(
         "ClassBalancedAlpha cannot tell the number of classes: pass num_classes=, or give the "
-        "FocalLoss num_classes=, or give the module or datamodule a `num_classes` attribute"
+        "the loss num_classes=, or give the module or datamodule a `num_classes` attribute"
     )
 
 
@@ -191,8 +191,7 @@ class ClassBalancedAlpha(Callback):
             )
         weights = torch.tensor(self.weights, dtype=torch.float32)
         for loss in losses.values():
-            alpha = weights if loss.mode == "softmax" else weights_to_sigmoid_alpha(weights)
-            loss.set_alpha(alpha)
+            loss.alpha = loss.alpha_from_class_weights(weights)
         self._log(trainer, pl_module, weights)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, weights: Tensor) -> None:

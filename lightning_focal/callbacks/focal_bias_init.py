@@ -80,7 +80,7 @@ class FocalBiasInit(Callback):
             rank_zero_info("FocalBiasInit: resuming from a checkpoint, bias left as restored")
             return
         modules = self.resolve_layers(pl_module)
-        if any(loss.mode == "softmax" for loss in find_focal_losses(pl_module).values()):
+        if any(not loss.takes_prior_bias for loss in find_focal_losses(pl_module).values()):
             rank_zero_warn(
                 "FocalBiasInit: a constant bias does not change a softmax; the prior init is "
                 "meant for sigmoid (detection / multi-label) heads"

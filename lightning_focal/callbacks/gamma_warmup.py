@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from ..schedules import GammaSchedule
-from ._common import mixin_logs_gamma, require_focal_losses
+from ._common import require_focal_losses
 
 __all__ = ["GammaWarmup"]
 
@@ -95,9 +95,9 @@ class GammaWarmup(Callback):
         step, _ = self._progress(trainer)
         gamma = self.gamma_at(trainer)
         for loss in self._losses:
-            loss.set_gamma(gamma)
+            loss.gamma = gamma
         self.last_step, self.last_gamma = step, gamma
-        if self.log and not mixin_logs_gamma(pl_module):
+        if self.log:
             value = sum(gamma) / len(gamma) if isinstance(gamma, list) else gamma
             pl_module.log("focal/gamma", float(value), on_step=True, on_epoch=False, batch_size=1)
 

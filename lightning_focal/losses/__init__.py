@@ -6,19 +6,21 @@ Nothing here imports Lightning.
 from __future__ import annotations
 
 from ._backend import get_backend, set_backend
+from ._base import FocalLossBase
 from .class_weights import class_balanced_weights
 from .dense_focal import DenseFocalLoss
-from .focal_loss import FocalLoss
-from .gamma_policy import SampleDependentGamma, flsd53
-from .sigmoid_focal import sigmoid_focal_loss
-from .softmax_focal import softmax_focal_loss
+from .gamma_policy import FLSD53, SampleDependentGamma
+from .sigmoid_focal import SigmoidFocalLoss, sigmoid_focal_loss
+from .softmax_focal import SoftmaxFocalLoss, softmax_focal_loss
 
 __all__ = [
+    "FLSD53",
     "DenseFocalLoss",
-    "FocalLoss",
+    "FocalLossBase",
     "SampleDependentGamma",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
     "class_balanced_weights",
-    "flsd53",
     "get_backend",
     "set_backend",
     "sigmoid_focal_loss",

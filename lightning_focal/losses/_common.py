@@ -94,7 +94,7 @@ def policy_gamma(p_t: Tensor, policy: tuple[tuple[float, ...], tuple[float, ...]
     return gamma
 
 
-def check_reduction(reduction: str) -> None:
+def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         # worded so that both torch's ("... is not a valid value for reduction") and
         # torchvision's ("Invalid ...") error matches hold for this drop-in
@@ -102,6 +102,7 @@ def check_reduction(reduction: str) -> None:
             f"Invalid reduction: {reduction} is not a valid value for reduction; "
             "expected 'none', 'mean' or 'sum'"
         )
+    return reduction
 
 
 def check_logits(name: str, x: object) -> Tensor:
@@ -116,13 +117,29 @@ def check_logits(name: str, x: object) -> Tensor:
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling()
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def composite_needed(*tensors: Tensor | None) -> bool:
+    """Whether a call must take the composite (autograd-differentiated) path: inside
+    ``torch.compile`` or a ``torch.func`` transform, or when a tensor other than the
+    logits (targets, γ, α, weights) asks for a gradient."""
+    return _tracing() or any(t is not None and t.requires_grad for t in tensors)
 
 
 def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A 0-d tensor filled on ``device`` (``torch.tensor`` would copy from the host and
     wait for the device's queue to drain, every call)."""
     return torch.full((), value, dtype=dtype, device=device)
+
+
+def check_device(name: str, t: Tensor, device: torch.device) -> None:
+    """Refuse a tensor on another device than the input's, naming both."""
+    if t.device != device and not (t.dim() == 0 and t.device.type == "cpu"):
+        raise ValueError(
+            f"{name} is on {t.device} but the input is on {device}; move it with "
+            f"{name}.to({str(device)!r}) (a loss module: loss.to(device))"
+        )
 
 
 def as_class_tensor(
@@ -134,17 +151,20 @@ def as_class_tensor(
     """A 0-d or 1-d ``dtype`` tensor on ``device`` from a float, sequence or tensor.
 
     Built directly in ``dtype`` (the loss's compute dtype), so float64 losses see their
-    α and γ unrounded rather than passed through float32.
+    α and γ unrounded rather than passed through float32. A tensor that requires grad
+    keeps its graph (the loss is then differentiated through it); a tensor on another
+    device than ``device`` is refused (0-d CPU tensors excepted, as in torch's ops).
     """
     if isinstance(value, Tensor):
-        t = value.detach()
-        if t.is_floating_point() or t.dtype in (torch.int32, torch.int64):
-            t = t.to(device=device, dtype=dtype)
-        else:
+        if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        check_device(name, value, device)
+        t = value.to(device=device, dtype=dtype)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         t = scalar_tensor(float(value), dtype, device)
     elif isinstance(value, Sequence) and not isinstance(value, str):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name} must be a sequence of floats, got {value!r}")
         t = torch.tensor([float(v) for v in value], dtype=dtype)
         t = t.to(device, non_blocking=True)  # no stream sync on an accelerator
     else:
@@ -154,6 +174,61 @@ def as_class_tensor(
             f"{name} must be a scalar or a 1-D per-class tensor, got shape {tuple(t.shape)}"
         )
     return t
+
+
+def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
+    """γ as a Python int when it is a scalar integer in 0..4 held on the CPU, else None.
+
+    Reading a CPU scalar costs no device sync; a CUDA γ stays a tensor (memory-bound
+    there). Those γ take product forms of (1-p)^γ in the kernels.
+    """
+    if (
+        policy is not None
+        or gamma is None
+        or gamma.dim() != 0
+        or gamma.device.type != "cpu"
+        or gamma.requires_grad
+    ):
+        return None
+    value = float(gamma)
+    return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None
+
+
+def check_normalizer(normalizer: float | Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A positive normaliser as a 0-d tensor; ``<= 0``, NaN and inf are refused (on an
+    accelerator queued as a device-side check)."""
+    message = "normalizer must be finite and > 0 (clamp a positive count with .clamp_min(1))"
+    if isinstance(normalizer, Tensor):
+        if normalizer.numel() != 1:
+            raise ValueError(f"normalizer must be a scalar, got shape {tuple(normalizer.shape)}")
+        norm = normalizer.detach().to(device=device, dtype=dtype).reshape(())
+        if _tracing():
+            return norm
+        if norm.device.type != "cpu":
+            _fail_unless(torch.isfinite(norm) & (norm > 0), message)
+            return norm
+        value = float(norm)
+    elif isinstance(normalizer, numbers.Real) and not isinstance(normalizer, bool):
+        value = float(normalizer)
+        norm = None
+    else:
+        raise TypeError(f"normalizer must be a float or a tensor, got {normalizer!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{message}, got {value}")
+    return scalar_tensor(value, dtype, device) if norm is None else norm
+
+
+def gamma_arg(
+    gamma: Any, num_classes: int, device: torch.device, dtype: torch.dtype, where: str
+) -> tuple[Tensor | None, Policy]:
+    """(γ tensor, None) or (None, policy tuple) from any γ a loss function accepts."""
+    as_tuple = getattr(gamma, "as_tuple", None)  # a SampleDependentGamma
+    if as_tuple is not None:
+        return None, as_tuple()
+    g = as_class_tensor("gamma", gamma, device, dtype)
+    check_per_class_length("gamma", g, num_classes, where)
+    check_gamma_values(g)
+    return g, None
 
 
 def check_per_class_length(name: str, t: Tensor, num_classes: int, where: str) -> None:
@@ -215,21 +290,34 @@ class ClassIndexError(ValueError, IndexError):
     ``F.cross_entropy`` raises on the CPU, so handlers written for either catch it."""
 
 
-def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Refuse class indices out of range; return whether ``target`` may hold
+    ``ignore_index`` (``False`` only when the values read show it does not, so the
+    caller can skip the mask; always ``True`` on accelerators, where nothing is read)."""
     if _tracing() or target.numel() == 0:
-        return
-    lo, hi = torch.aminmax(torch.where(target == ignore_index, 0, target))
+        return True
+    message = (
+        f"out of range for {num_classes} classes (valid: 0..{num_classes - 1}, "
+        f"or ignore_index={ignore_index})"
+    )
     if target.device.type != "cpu":
-        _fail_unless(
-            (lo >= 0) & (hi < num_classes),
-            f"target holds a class index out of range for {num_classes} classes "
-            f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
-        )
-        return
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi >= num_classes:
-        value = lo if lo < 0 else hi
-        raise ClassIndexError(
-            f"target holds class index {value}, out of range for {num_classes} classes "
-            f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})"
-        )
+        lo, hi = torch.aminmax(torch.where(target == ignore_index, 0, target))
+        _fail_unless((lo >= 0) & (hi < num_classes), f"target holds a class index {message}")
+        return True
+    lo, hi = (int(v) for v in torch.aminmax(target))
+    if lo >= 0 and hi < num_classes:
+        return lo <= ignore_index <= hi
+    if not 0 <= ignore_index < num_classes:  # the values outside may be ignore_index
+        lo, hi = (int(v) for v in torch.aminmax(torch.where(target == ignore_index, 0, target)))
+        if lo >= 0 and hi < num_classes:
+            return True
+    raise ClassIndexError(f"target holds class index {lo if lo < 0 else hi}, {message}")
+
+
+def differentiable_grad(loss_fn: Any, x: Tensor, grad_out: Tensor) -> Tensor:
+    """``grad_out``-weighted gradient of ``loss_fn(x)`` as a tensor with a graph: what a
+    fused ``autograd.Function`` returns from ``backward`` under ``create_graph=True``, so
+    that second-order gradients (gradient penalties, ``gradgradcheck``) are exact."""
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(loss_fn(x), x, grad_out, create_graph=True)
+    return grad

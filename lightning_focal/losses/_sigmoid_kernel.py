@@ -21,38 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._backend import Kernel, eager_chunk, exp_nonpos, log1p_unit, use_fast_math
-
-Policy = tuple[tuple[float, ...], tuple[float, ...]] | None
-
-# γ values with a product form for q^γ; anything else goes through exp(γ log q).
-_INTEGER_GAMMAS = (0.0, 1.0, 2.0, 3.0, 4.0)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other float type is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def policy_gamma(p_t: Tensor, policy: tuple[tuple[float, ...], tuple[float, ...]]) -> Tensor:
-    thresholds, gammas = policy
-    gamma = torch.full_like(p_t, gammas[0])
-    for threshold, value in zip(thresholds, gammas[1:]):
-        gamma = torch.where(p_t >= threshold, value, gamma)
-    return gamma
-
-
-def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
-    """γ as a Python int when it is a scalar integer in 0..4 held on the CPU, else None.
-
-    Reading a CPU scalar costs no device sync; a CUDA γ stays a tensor (memory-bound there).
-    """
-    if policy is not None or gamma is None or gamma.dim() != 0 or gamma.device.type != "cpu":
-        return None
-    value = float(gamma)
-    return int(value) if value in _INTEGER_GAMMAS else None
+from ._common import Policy, compute_dtype, differentiable_grad, policy_gamma, static_gamma
 
 
 def _parts(x: Tensor, t: Tensor, fast: bool):
@@ -70,8 +41,9 @@ def _parts(x: Tensor, t: Tensor, fast: bool):
     s = torch.where(positive, inv, small)  # σ(x)
     sn = torch.where(positive, small, inv)  # σ(-x)
     log1p_e = log1p_unit(e) if fast else torch.log1p(e)
-    ce = torch.where(positive, x, 0.0) - t * x + log1p_e
     one_m_t = 1.0 - t
+    # BCE-with-logits exactly, ±inf logits included (NaN where torch gives NaN)
+    ce = torch.where(positive, 0.0, -x) + one_m_t * x + log1p_e
     a = one_m_t * s
     b = t * sn
     # q = 1 - p_t, and d = σ(x) - t written so that it stays exact where σ(x) rounds to 1
@@ -196,6 +168,71 @@ grad_kernel = Kernel(_grad_kernel)
 loss_grad_kernel = Kernel(_loss_grad_kernel)
 
 
+# ---- eager: fused ATen calls, no torch.where ---------------------------------------------
+# Eagerly each op is a pass over memory plus ~2-5 µs of host time, and on the CPU
+# ``torch.where`` and comparisons cost ~10x an arithmetic op; these forms use sigmoid,
+# exp and log1p and in-place arithmetic only. ce = (1-t)·x + relu(-x) + log1p(exp(-|x|))
+# is BCE-with-logits exactly, ±inf logits included.
+
+
+def _eager_terms(x, t, alpha, gamma, weight, eps, policy, gint, with_loss: bool, with_grad: bool):
+    """(elementwise loss or None, unscaled gradient or None) in the compute dtype."""
+    dtype = compute_dtype(x.dtype)
+    x, t = x.to(dtype), t.to(dtype)
+    s, sn = torch.sigmoid(x), torch.sigmoid(-x)
+    one_m_t = 1.0 - t
+    a = one_m_t * s
+    b = t * sn
+    q = a + b  # 1 - p_t
+    ce = torch.abs(x).neg_().exp_().log1p_().add_(torch.relu(-x)).addcmul_(one_m_t, x)
+    if gint is not None:
+        m, mq = _power(q, gint)
+        g = float(gint)
+    else:
+        g = policy_gamma(1.0 - q, policy) if policy is not None else gamma
+        qc = q.clamp_min(torch.finfo(dtype).tiny)
+        m = torch.exp(torch.log(qc).mul_(g))
+        mq = (g * m).div_(qc)  # γ q^(γ-1), finite for every γ >= 0
+    if alpha is not None:
+        aw = one_m_t * (1.0 - alpha) + t * alpha
+        if weight is not None:
+            aw = aw.mul_(weight.to(dtype))
+    else:
+        aw = None if weight is None else weight.to(dtype)
+    loss = grad = None
+    if with_loss:
+        loss = ce * m if aw is None else (ce * aw).mul_(m)
+        if eps != 0.0:
+            poly = q * m if weight is None else (q * m).mul_(weight.to(dtype))
+            loss = loss.add_(poly, alpha=eps)
+    if with_grad:
+        d = a.sub_(b)  # σ(x) - t, exact where σ(x) rounds to 1
+        ss_dir = s.mul_(sn).mul_(one_m_t.sub_(t))  # σ(x)σ(-x)(1-2t) = ∂q/∂x
+        grad = d.mul_(m)
+        if not isinstance(mq, float) or mq != 0.0:
+            grad = grad.addcmul_(ce, ss_dir * mq)
+        if aw is not None:
+            grad = grad.mul_(aw)
+        if eps != 0.0:
+            poly = ss_dir.mul_((g + 1.0) * m)
+            if weight is not None:
+                poly = poly.mul_(weight.to(dtype))
+            grad = grad.add_(poly, alpha=eps)
+    return loss, grad
+
+
+def _power(q: Tensor, k: int) -> tuple[Tensor | float, Tensor | float]:
+    """(q^k, k·q^(k-1)) for a small integer k, as products."""
+    if k == 0:
+        return 1.0, 0.0
+    if k == 1:
+        return q, 1.0
+    prev = q
+    for _ in range(k - 2):
+        prev = prev * q
+    return prev * q, prev * float(k)
+
+
 # ---- eager evaluation in chunks ---------------------------------------------------------
 
 
@@ -218,23 +255,35 @@ def _view(v: Tensor | None, shape: torch.Size, view_shape: tuple[int, ...]) -> T
     return v.expand(shape).reshape(view_shape) if v.dim() > 0 else v
 
 
+def _eager_run(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: str):
+    """One chunk: the loss ("sum"/"none"), the gradient times ``scale`` ("grad"), or
+    ``(loss, gradient)`` ("sum+grad"/"none+grad")."""
+    with_grad = mode.endswith("grad")
+    loss_mode = mode.split("+")[0]
+    loss, grad = _eager_terms(
+        x, t, alpha, gamma, weight, eps, policy, gint, loss_mode != "grad", with_grad
+    )
+    if loss is not None and loss_mode == "sum":
+        loss = loss.sum()
+    if grad is not None:
+        if scale is not None:
+            grad = grad.mul_(scale)
+        grad = grad.to(x.dtype)
+        return grad if loss_mode == "grad" else (loss, grad)
+    return loss
+
+
 def _eager_chunked(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: str):
-    """Chunk by chunk: the loss ("sum" or "none"), the gradient ("grad"), or both as
-    ``(loss, gradient)`` ("sum+grad" or "none+grad")."""
+    """:func:`_eager_run` chunk by chunk, so that its temporaries stay cache-sized."""
     if x.numel() <= eager_chunk(x.device):
-        if mode == "grad":
-            return _grad_kernel(x, t, alpha, gamma, weight, eps, policy, scale, gint)
-        if mode.endswith("+grad"):
-            reduce = mode == "sum+grad"
-            return _loss_grad_kernel(x, t, alpha, gamma, weight, eps, policy, reduce, gint, scale)
-        return _loss_kernel(x, t, alpha, gamma, weight, eps, policy, mode == "sum", gint)
+        return _eager_run(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode)
     per_class = weight is not None or any(v is not None and v.dim() > 0 for v in (alpha, gamma))
     view_shape, step = _chunk_views(x, per_class)
     xv, tv = x.reshape(view_shape), t.reshape(view_shape)
     wv = _view(weight, x.shape, view_shape)
     sv = _view(scale, x.shape, view_shape) if scale is not None else None
     rows = view_shape[0]
-    with_grad, loss_mode = mode != "sum" and mode != "none", mode.split("+")[0]
+    with_grad, loss_mode = mode.endswith("grad"), mode.split("+")[0]
     total = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
     loss_out = grad_out = None
     if loss_mode == "none":
@@ -243,24 +292,16 @@ def _eager_chunked(x, t, alpha, gamma, weight, eps, policy, gint, scale, mode: s
         grad_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     for i in range(0, rows, step):
         j = min(rows, i + step)
-        xs, ts = xv[i:j], tv[i:j]
         w = wv[i:j] if wv is not None else None
         sc = sv[i:j] if sv is not None and sv.dim() > 0 else scale
-        if mode == "grad":
-            grad_out.view(view_shape)[i:j] = _grad_kernel(
-                xs, ts, alpha, gamma, w, eps, policy, sc, gint
-            )
-            continue
+        out = _eager_run(xv[i:j], tv[i:j], alpha, gamma, w, eps, policy, gint, sc, mode)
         if with_grad:
-            part, grad_out.view(view_shape)[i:j] = _loss_grad_kernel(
-                xs, ts, alpha, gamma, w, eps, policy, loss_mode == "sum", gint, sc
-            )
-        else:
-            part = _loss_kernel(xs, ts, alpha, gamma, w, eps, policy, loss_mode == "sum", gint)
+            grad_out.view(view_shape)[i:j] = out if loss_mode == "grad" else out[1]
+            out = None if loss_mode == "grad" else out[0]
         if loss_mode == "sum":
-            total = total + part
-        else:
-            loss_out.view(view_shape)[i:j] = part
+            total = total + out
+        elif loss_mode == "none":
+            loss_out.view(view_shape)[i:j] = out
     loss = total if loss_mode == "sum" else loss_out
     if mode == "grad":
         return grad_out
@@ -309,15 +350,24 @@ class SigmoidFocalFunction(torch.autograd.Function):
         if denom is not None:
             out = out / denom
         ctx.save_for_backward(x, t, alpha, gamma, weight, denom)
-        ctx.eps, ctx.policy, ctx.gint = eps, policy, gint
+        ctx.eps, ctx.policy, ctx.gint, ctx.reduce = eps, policy, gint, reduce
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
+        none = (None,) * 8
         grad, ctx.grad = ctx.grad, None
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            x, t, alpha, gamma, weight, denom = ctx.saved_tensors
+
+            def loss_fn(xv):
+                loss = sigmoid_focal_elementwise(xv, t, alpha, gamma, weight, ctx.eps, ctx.policy)
+                loss = loss.sum() if ctx.reduce else loss
+                return loss if denom is None else loss / denom
+
+            return differentiable_grad(loss_fn, x, grad_out), *none
         if grad is not None:  # precomputed in forward, already divided by denom
-            return (grad if _is_one(grad_out) else grad.mul_(grad_out)), *([None] * 8)
+            return (grad if _is_one(grad_out) else grad.mul_(grad_out)), *none
         x, t, alpha, gamma, weight, denom = ctx.saved_tensors
         scale = grad_out if denom is None else grad_out / denom
         args = (x, t, alpha, gamma, weight, ctx.eps, ctx.policy)
@@ -328,4 +378,4 @@ class SigmoidFocalFunction(torch.autograd.Function):
             ctx.gint,
             eager=lambda: _eager_chunked(*args, ctx.gint, scale, "grad"),
         )
-        return grad, None, None, None, None, None, None, None, None
+        return grad, *none

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._backend import Kernel, eager_chunk, exp_nonpos, use_fast_math
-from ._sigmoid_kernel import Policy, compute_dtype, policy_gamma, static_gamma
+from ._backend import EAGER_CHUNK, Kernel, eager_chunk, exp_nonpos, use_fast_math
+from ._common import Policy, compute_dtype, differentiable_grad, policy_gamma, static_gamma
 
 
 def _class_view(v: Tensor, ndim: int) -> Tensor:
@@ -200,6 +199,8 @@ def _general_parts(
     fast = use_fast_math(xf)
     shift, log_sum = _row_stats(xf, fast) if stats is None else stats
     logp = torch.clamp_max(torch.sub(xf, shift.unsqueeze(1)).sub_(log_sum.unsqueeze(1)), 0.0)
+    if is_index:  # ignored rows are inert at any logit (±inf included), as in cross_entropy
+        logp = torch.where((target != ignore_index).unsqueeze(1), logp, 0.0)
 
     def per_class(g):
         return _class_view(g, x.dim()) if g.dim() == 1 else g
@@ -330,15 +331,125 @@ def _eager_grad(x, target, shift, log_sum, scale, run) -> Tensor:
     return grad
 
 
+# ---- small inputs: a few ATen calls each way --------------------------------------------
+# Below one eager chunk the cost is host time per op (~2-5 µs), not memory traffic: the
+# forward is log_softmax and a gather, the rest works on one value per sample, and the
+# backward is one exp of the saved log-probabilities and a scatter.
+
+
+def _small_forward(x, target, alpha, gamma, eps: float, policy: Policy, ignore_index, masked, gint):
+    """(per-sample loss shaped (N, 1, d...), state for :func:`_small_backward`)."""
+    logp_all = torch.log_softmax(x if x.dtype in _FLOATS else x.float(), 1)
+    tgt = target.unsqueeze(1)
+    valid = None
+    if masked:
+        valid = tgt != ignore_index
+        tgt = torch.where(valid, tgt, 0)
+    logp = logp_all.gather(1, tgt)
+    a = None if alpha is None else alpha[tgt]
+    if valid is not None:
+        valid = valid.to(logp.dtype)
+        logp = logp * valid
+        a = valid if a is None else a * valid
+    omp = torch.expm1(logp).neg_()  # 1 - p, exact as p -> 1
+    if gint is not None:
+        g = float(gint)
+        prev = None  # (1-p)^(γ-1), None for γ <= 1
+        if gint >= 2:
+            prev = omp
+            for _ in range(gint - 2):
+                prev = prev * omp
+        m = 1.0 if gint == 0 else (omp if prev is None else prev * omp)
+    else:
+        if policy is not None:
+            g = policy_gamma(logp.exp(), policy)
+        else:
+            g = gamma[tgt] if gamma.dim() == 1 else gamma
+        prev = omp.clamp_min(torch.finfo(omp.dtype).tiny)
+        m = torch.exp(torch.log(prev).mul_(g))
+        prev = (g * m).div_(prev)  # γ(1-p)^(γ-1), finite for every γ >= 0
+    return m, (logp_all, tgt, logp, omp, m, g, prev, a, valid)
+
+
+def _small_loss(m, state, eps: float) -> Tensor:
+    """The per-sample loss -a·m·log p + ε·m·(1-p), shaped (N, 1, d...)."""
+    _, _, logp, omp, _, _, _, a, _ = state
+    loss = (logp * m).neg_() if a is None else (logp * m).mul_(a).neg_()
+    return loss if eps == 0.0 else loss.add_(omp * m, alpha=eps)
+
+
+def _small_backward(state, eps: float, gint, scale) -> Tensor:
+    """s·(softmax(x) - onehot(y)) with s = -scale·∂L/∂log p_y."""
+    logp_all, tgt, logp, omp, m, g, prev, a, valid = state
+    p = logp.exp()
+    # -∂L/∂log p_y = a·(m - m'·p·log p) + ε·p·(m'·(1-p) + m), m' = d(1-p)^γ/d(1-p)
+    if gint is None:
+        u = torch.addcmul(m, prev * p, logp, value=-1.0)  # prev holds m'
+    elif gint == 0:
+        u = torch.ones_like(logp)
+    else:  # m - γ(1-p)^(γ-1)·p·log p = (1-p)^(γ-1)·((1-p) - γ·p·log p)
+        u = torch.addcmul(omp, p, logp, value=-g)
+        if prev is not None:
+            u = u.mul_(prev)
+    if a is not None:
+        u = u.mul_(a)
+    if eps != 0.0:
+        poly = p.mul_((g + 1.0) * m)
+        u = u.add_(poly if valid is None else poly.mul_(valid), alpha=eps)
+    u = u.mul_(scale)
+    return logp_all.exp().mul_(u).scatter_add_(1, tgt, u.neg_())
+
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _tensor_or_none(v):
+    return v if isinstance(v, Tensor) else None
+
+
 class SoftmaxFocalFunction(torch.autograd.Function):
-    """Saves the inputs and the per-sample max and log-sum; no full-size intermediates."""
+    """Saves the inputs and the per-sample max and log-sum; no full-size intermediates
+    (inputs of one eager chunk or less keep their log-probabilities instead: host time
+    rules there). Under ``create_graph=True`` the backward differentiates the composite
+    loss, so second-order gradients are exact."""
 
     @staticmethod
     def forward(
-        ctx, x, target, alpha, gamma, eps, policy, ignore_index, smoothing, is_index, reduce, denom
+        ctx,
+        x,
+        target,
+        alpha,
+        gamma,
+        eps,
+        policy,
+        ignore_index,
+        smoothing,
+        is_index,
+        reduce,
+        denom,
+        masked=True,
     ):  # type: ignore[override]
         fast = is_index and smoothing == 0.0
         gint = static_gamma(gamma, policy)
+        ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint, reduce)
+        ctx.small = None
+        if fast and x.numel() <= EAGER_CHUNK and not fast_loss_kernel.compiles(x.numel()):
+            m, state = _small_forward(
+                x, target, alpha, gamma, eps, policy, ignore_index, masked, gint
+            )
+            logp, a = state[2], state[7]
+            if reduce and a is None and eps == 0.0 and isinstance(m, Tensor):
+                out = torch.dot(logp.reshape(-1), m.reshape(-1)).neg_()  # one op for the sum
+            else:
+                out = _small_loss(m, state, eps)
+                out = out.sum() if reduce else out.squeeze(1)
+            if denom is not None:
+                out = out / denom
+            ctx.small = state
+            ctx.save_for_backward(x, target, alpha, gamma, None, None, _tensor_or_none(denom))
+            ctx.denom = denom
+            return out
+        original_target = target
         kernel = fast_loss_kernel if fast else general_loss_kernel
         if is_index and x.device.type == "cpu" and kernel.compiles(x.numel()):
             target = _float_index(target, ignore_index, x.shape[1])
@@ -384,17 +495,43 @@ class SoftmaxFocalFunction(torch.autograd.Function):
             )
         if denom is not None:
             out = out / denom
-        ctx.save_for_backward(x, target, alpha, gamma, shift, log_sum, denom)
-        ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint)
+        ctx.kernel_target = target  # float class indices for compiled CPU kernels
+        ctx.save_for_backward(
+            x, original_target, alpha, gamma, shift, log_sum, _tensor_or_none(denom)
+        )
+        ctx.denom = denom
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, target, alpha, gamma, shift, log_sum, denom = ctx.saved_tensors
-        eps, policy, ignore_index, smoothing, is_index, fast, gint = ctx.args
+        x, target, alpha, gamma, shift, log_sum, _ = ctx.saved_tensors
+        denom = ctx.denom
+        eps, policy, ignore_index, smoothing, is_index, fast, gint, reduce = ctx.args
+        none = (None,) * 11
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            safe = denom
+            if isinstance(denom, Tensor):
+                safe = torch.where(denom == 0, 1.0, denom)
+
+            def loss_fn(xv):
+                loss = softmax_focal_elementwise(
+                    xv, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy
+                )
+                loss = loss.sum() if reduce else loss
+                return loss if safe is None else loss / safe
+
+            return differentiable_grad(loss_fn, x, grad_out), *none
         # An all-ignored batch: the loss is 0/0 = NaN as in cross_entropy, whose gradient is 0.
-        scale = grad_out if denom is None else torch.where(denom == 0, 0.0, grad_out / denom)
+        scale = grad_out
+        if isinstance(denom, Tensor):
+            scale = torch.where(denom == 0, 0.0, grad_out / denom)
+        elif denom is not None:
+            scale = grad_out / denom
+        if ctx.small is not None:
+            if scale.dim() > 0:
+                scale = scale.unsqueeze(1)
+            return _small_backward(ctx.small, eps, gint, scale).to(x.dtype), *none
+        target = ctx.kernel_target
         if fast:
 
             def run(xc, tc, mc, lc, sc):
@@ -446,4 +583,4 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                 gint,
                 eager=lambda: _eager_grad(x, target, shift, log_sum, scale, run),
             )
-        return (grad,) + (None,) * 10
+        return grad, *none

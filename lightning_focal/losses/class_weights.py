@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["METHODS", "class_balanced_weights", "weights_to_sigmoid_alpha"]
+__all__ = ["METHODS", "class_balanced_weights"]
 
 METHODS = ("effective_number", "inverse", "inverse_sqrt")
 
@@ -54,16 +54,3 @@ def class_balanced_weights(
     else:
         w = 1.0 / n.sqrt()
     return (w * (n.numel() / w.sum())).to(torch.float32)
-
-
-def weights_to_sigmoid_alpha(weights: Tensor) -> Tensor:
-    """Map class weights (mean 1) to sigmoid α in (0, 1): α_c = w_c / (1 + w_c).
-
-    A class of average weight gets α = 0.5 (positives and negatives weighed alike); rarer
-    classes weigh their positives more.
-
-    Example:
-        >>> weights_to_sigmoid_alpha(torch.tensor([1.0, 3.0]))
-        tensor([0.5000, 0.7500])
-    """
-    return weights / (1.0 + weights)

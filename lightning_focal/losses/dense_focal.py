@@ -8,22 +8,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .focal_loss import FocalLoss
-from .gamma_policy import SampleDependentGamma
-from .sigmoid_focal import sigmoid_focal_loss
+from ._base import AlphaArg, GammaArg
+from .sigmoid_focal import SigmoidFocalLoss, _check_inputs, _sigmoid_focal_loss
 
 __all__ = ["NORMALIZATIONS", "DenseFocalLoss"]
 
 NORMALIZATIONS = ("batch", "per_image", "mean")
 
 
-class DenseFocalLoss(FocalLoss):
+class DenseFocalLoss(SigmoidFocalLoss):
     """Sigmoid focal loss over anchors, summed and divided by the number of positive anchors.
 
     Logits and one-hot targets are class-last, ``(N, anchors, C)``; an optional ``weight``
     of shape ``(N, anchors)`` (or broadcastable to the logits) drops ignored anchors (the
     band between the matcher's IoU thresholds). An anchor is positive when any class target
-    is > 0. Being a :class:`FocalLoss`, γ and α are buffers that the callbacks
+    is > 0. Being a :class:`SigmoidFocalLoss`, γ and α are buffers that the callbacks
     (``GammaWarmup``, ``ClassBalancedAlpha``) schedule in place.
 
     Normalisation:
@@ -41,7 +40,7 @@ class DenseFocalLoss(FocalLoss):
       positives exists to fix; for baselines.
 
     Args:
-        gamma, alpha, poly1, num_classes: as for :class:`FocalLoss` (``alpha`` defaults to
+        gamma, alpha, poly1, num_classes: as for :class:`SigmoidFocalLoss` (``alpha`` defaults to
             RetinaNet's 0.25; ``None`` switches it off).
         normalization: ``"batch"``, ``"per_image"`` or ``"mean"``.
         sync: average the batch normaliser across DDP ranks.
@@ -58,8 +57,8 @@ class DenseFocalLoss(FocalLoss):
 
     def __init__(
         self,
-        gamma: float | Sequence[float] | Tensor | SampleDependentGamma = 2.0,
-        alpha: float | Sequence[float] | Tensor | None = 0.25,
+        gamma: GammaArg = 2.0,
+        alpha: AlphaArg = 0.25,
         *,
         normalization: str = "batch",
         sync: bool = True,
@@ -67,7 +66,7 @@ class DenseFocalLoss(FocalLoss):
         poly1: float = 0.0,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__("sigmoid", gamma, alpha, "sum", poly1=poly1, num_classes=num_classes)
+        super().__init__(gamma, alpha, "sum", poly1=poly1, num_classes=num_classes)
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}"
@@ -116,39 +115,30 @@ class DenseFocalLoss(FocalLoss):
             raise ValueError(
                 f"DenseFocalLoss expects (N, anchors, C) logits, got shape {tuple(input.shape)}"
             )
+        _check_inputs(input, target)
         if weight is not None and weight.dim() == 2:
             weight = weight.unsqueeze(-1)
         positive = (target > 0).any(dim=-1)
-        if weight is not None:
-            positive = positive & (weight.squeeze(-1) > 0) if weight.shape[-1] == 1 else positive
+        if weight is not None and weight.shape[-1] == 1:
+            positive = positive & (weight.squeeze(-1) > 0)
         per_image = positive.sum(dim=1).to(torch.float32)
         self.last_num_positives = per_image.sum().detach()
-        gamma = self._gamma_arg()
-        if self.normalization == "mean" and normalizer is None:
+        gamma, alpha = self._buffers_for(input)
+        policy = self.gamma_policy.as_tuple() if self.gamma_policy is not None else None
+        reduction = "sum"
+        if normalizer is not None:  # given by the caller: overrides the normalization
+            self.last_normalizer = torch.as_tensor(normalizer, dtype=torch.float32).detach()
+        elif self.normalization == "mean":
             self.last_normalizer = torch.tensor(float(input[..., 0].numel()))
-            return sigmoid_focal_loss(
-                input, target, self.alpha, gamma, "mean", weight=weight, poly1=self.poly1
-            )
-        if self.normalization == "per_image" and normalizer is None:
+            reduction = "mean"
+        elif self.normalization == "per_image":
             scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
             scale = scale.view(-1, 1, 1)
-            w = scale if weight is None else weight.to(scale.dtype) * scale
+            weight = scale if weight is None else weight.to(scale.dtype) * scale
             self.last_normalizer = per_image.clamp_min(1.0).mean().detach()
-            return sigmoid_focal_loss(
-                input, target, self.alpha, gamma, "sum", weight=w, poly1=self.poly1
-            )
-        if normalizer is not None:  # given by the caller: overrides the normalization
-            norm = torch.as_tensor(normalizer, dtype=torch.float32, device=input.device)
         else:
-            norm = self._batch_normalizer(per_image.sum())
-        self.last_normalizer = norm.detach()
-        return sigmoid_focal_loss(
-            input,
-            target,
-            self.alpha,
-            gamma,
-            "sum",
-            weight=weight,
-            normalizer=norm,
-            poly1=self.poly1,
+            normalizer = self._batch_normalizer(per_image.sum())
+            self.last_normalizer = normalizer.detach()
+        return _sigmoid_focal_loss(
+            input, target, gamma, policy, alpha, reduction, weight, normalizer, self.poly1
         )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["SampleDependentGamma", "flsd53"]
+from ._common import gamma_value, policy_gamma
+
+__all__ = ["FLSD53", "SampleDependentGamma"]
 
 
 @dataclass(frozen=True)
@@ -49,25 +50,23 @@ class SampleDependentGamma:
             b <= a for a, b in itertools.pairwise(thresholds)
         ):
             raise ValueError(f"thresholds must be strictly increasing in (0, 1), got {thresholds}")
-        if any(not math.isfinite(g) or g < 0 for g in gammas):
-            raise ValueError(f"gamma must be finite and >= 0, got {gammas}")
+        gamma_value(list(gammas), "gammas")
         object.__setattr__(self, "thresholds", thresholds)
         object.__setattr__(self, "gammas", gammas)
 
     def gamma_for(self, p_t: Tensor) -> Tensor:
         """Per-element γ for the probabilities ``p_t`` (no gradient flows through)."""
-        p_t = p_t.detach()
-        gamma = torch.full_like(p_t, self.gammas[0])
-        for threshold, value in zip(self.thresholds, self.gammas[1:]):
-            gamma = torch.where(p_t >= threshold, value, gamma)
-        return gamma
+        return policy_gamma(p_t.detach(), self.as_tuple())
+
+    def as_tuple(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(thresholds, gammas)``: the hashable form the kernels take."""
+        return tuple(self.thresholds), tuple(self.gammas)
 
 
-def flsd53() -> SampleDependentGamma:
-    """The FLSD-53 policy of Mukhoti et al.: γ=5 where p_t < 0.2, else γ=3.
+FLSD53 = SampleDependentGamma((0.2,), (5.0, 3.0))
+"""The FLSD-53 policy of Mukhoti et al. (NeurIPS 2020): γ=5 where p_t < 0.2, else γ=3.
 
-    Example:
-        >>> flsd53()
-        SampleDependentGamma(thresholds=(0.2,), gammas=(5.0, 3.0))
-    """
-    return SampleDependentGamma((0.2,), (5.0, 3.0))
+Example:
+    >>> FLSD53
+    SampleDependentGamma(thresholds=(0.2,), gammas=(5.0, 3.0))
+"""

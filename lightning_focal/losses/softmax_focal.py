@@ -1,24 +1,32 @@
-"""Softmax focal loss for multi-class classification and segmentation."""
+"""Softmax focal loss for multi-class classification and segmentation: the function
+:func:`softmax_focal_loss` and the module :class:`SoftmaxFocalLoss` side by side."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._base import AlphaArg, FocalLossBase, GammaArg
 from ._common import (
+    Policy,
     as_class_tensor,
     check_class_indices,
+    check_device,
     check_logits,
     check_per_class_length,
     check_reduction,
     check_weight_values,
-    scalar_tensor,
+    composite_needed,
+    compute_dtype,
+    gamma_arg,
 )
-from ._sigmoid_kernel import compute_dtype
 from ._softmax_kernel import SoftmaxFocalFunction, softmax_focal_elementwise
-from .sigmoid_focal import AlphaArg, GammaArg, resolve_gamma
 
-__all__ = ["softmax_focal_loss"]
+__all__ = ["SoftmaxFocalLoss", "softmax_focal_loss"]
+
+_WHERE = "softmax focal loss takes per-class values along dim 1"
 
 
 def softmax_focal_loss(
@@ -44,7 +52,9 @@ def softmax_focal_loss(
     every shape, target kind, ``ignore_index``, ``label_smoothing`` and reduction; ``"mean"``
     divides by the summed α of the non-ignored targets for class indices (so an all-ignored
     batch gives NaN, as ``cross_entropy`` does) and by the number of samples for
-    probabilities.
+    probabilities. Every autograd feature of ``cross_entropy`` works: second-order
+    gradients, ``torch.func.grad``/``vmap``/``jacrev``, and gradients for ``gamma`` and
+    ``alpha`` tensors that require grad.
 
     Args:
         input: logits ``(N, C)``, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``.
@@ -70,33 +80,46 @@ def softmax_focal_loss(
         >>> torch.allclose(softmax_focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
         True
     """
-    check_logits("input", input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     check_reduction(reduction)
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    x, t, unbatched, is_index, masked = _check_inputs(input, target, ignore_index)
+    dtype = compute_dtype(x.dtype)
+    g, policy = gamma_arg(gamma, x.shape[1], x.device, dtype, _WHERE)
+    a = None if alpha is None else _alpha_tensor(alpha, x.shape[1], x.device, dtype)
+    return _softmax_focal_loss(
+        x, t, g, policy, a, ignore_index, reduction, float(label_smoothing), float(poly1),
+        is_index, masked, unbatched,
+    )  # fmt: skip
+
+
+def _check_inputs(input: Any, target: Any, ignore_index: int) -> tuple:
+    """(input with a batch dim, target likewise, unbatched, class indices?, may hold
+    ignore_index?) after checking shapes, dtypes and class indices."""
+    check_logits("input", input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if input.dim() == 0:
         raise ValueError("input must have a class dimension, got a 0-d tensor")
-
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
-    num_classes = x.shape[1]
-    is_index = not target.is_floating_point()
+    t = target.unsqueeze(0) if unbatched else target
     if target.dtype == torch.bool:
         raise TypeError(
             "target must hold class indices (integer) or probabilities (float), got bool"
         )
-    t = target.unsqueeze(0) if unbatched else target
+    is_index = not target.is_floating_point()
+    masked = False
     if is_index:
-        expected = (x.shape[0], *x.shape[2:])
-        if tuple(t.shape) != expected:
+        if t.shape[0] != x.shape[0] or t.shape[1:] != x.shape[2:]:
+            expected = (x.shape[0], *x.shape[2:])
             raise ValueError(
                 f"class-index target must have shape {expected} for input shape "
                 f"{tuple(input.shape)}, got {tuple(target.shape)}"
             )
-        t = t.long()
-        check_class_indices(t, num_classes, ignore_index)
+        if t.dtype != torch.int64:
+            t = t.long()
+        masked = check_class_indices(t, x.shape[1], ignore_index)
     elif t.shape != x.shape:
         raise ValueError(
             f"probability target must have the input's shape {tuple(input.shape)}, "
@@ -108,44 +131,184 @@ def softmax_focal_loss(
             f"ignore_index={ignore_index} applies to class-index targets only; probability "
             "targets have no ignored entries (leave ignore_index negative, e.g. -100)"
         )
+    if t.device != x.device:
+        check_device("target", t, x.device)
+    return x, t, unbatched, is_index, masked
 
-    where = "softmax focal loss takes per-class values along dim 1"
-    dtype = compute_dtype(x.dtype)
-    g, policy = resolve_gamma(gamma, num_classes, x.device, where, dtype)
-    a: Tensor | None = None
-    if alpha is not None:
-        a = as_class_tensor("alpha", alpha, x.device, dtype)
-        if a.dim() != 1:
-            raise ValueError(
-                f"alpha for softmax focal loss must be a per-class tensor of length {num_classes}, "
-                f"got a scalar (a constant factor would cancel in the mean)"
-            )
-        check_per_class_length("alpha", a, num_classes, where)
-        check_weight_values("alpha", a)
 
-    denom: Tensor | None = None
+def _alpha_tensor(alpha: Any, num_classes: int | None, device, dtype) -> Tensor:
+    """Per-class α (``cross_entropy``'s ``weight``): 1-D, finite, >= 0."""
+    a = as_class_tensor("alpha", alpha, device, dtype)
+    if a.dim() != 1:
+        raise ValueError(
+            "alpha for softmax focal loss must be a per-class tensor of length C (a constant "
+            "factor would cancel in the mean)"
+        )
+    if num_classes is not None:
+        check_per_class_length("alpha", a, num_classes, _WHERE)
+    check_weight_values("alpha", a)
+    return a
+
+
+def _softmax_focal_loss(
+    x: Tensor,
+    t: Tensor,
+    gamma: Tensor | None,
+    policy: Policy,
+    alpha: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    smoothing: float,
+    eps: float,
+    is_index: bool,
+    masked: bool,
+    unbatched: bool,
+) -> Tensor:
+    """The loss from checked arguments (γ and α already on ``x``'s device and dtype)."""
+    denom: Tensor | float | None = None
     if reduction == "mean":
+        per_sample = x.numel() // max(x.shape[1], 1)
         if not is_index:
-            denom = scalar_tensor(float(x.numel() // max(num_classes, 1)), dtype, x.device)
+            denom = float(per_sample)
+        elif alpha is not None:
+            valid = t != ignore_index if masked else None
+            tgt = torch.where(valid, t, 0) if masked else t
+            denom = alpha[tgt].sum() if valid is None else (alpha[tgt] * valid).sum()
+        elif masked:
+            denom = (t != ignore_index).sum().to(compute_dtype(x.dtype))
         else:
-            valid = t != ignore_index
-            if a is None:
-                denom = valid.sum().to(dtype)
-            else:
-                denom = (a.to(dtype)[torch.where(valid, t, 0)] * valid).sum()
-
-    eps = float(poly1)
-    smoothing = float(label_smoothing)
+            denom = float(per_sample)
+        if isinstance(denom, float) and denom == 0.0:  # empty input: 0/0 = NaN, as torch
+            denom = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
     reduce = reduction != "none"
-    a = None if a is None else a.to(dtype)
-    g = None if g is None else g.to(dtype)
-    if torch.compiler.is_compiling() or t.requires_grad:
-        loss = softmax_focal_elementwise(x, t, is_index, smoothing, ignore_index, a, g, eps, policy)
+    if composite_needed(t, gamma, alpha):
+        loss = softmax_focal_elementwise(
+            x, t, is_index, smoothing, ignore_index, alpha, gamma, eps, policy
+        )
         if reduce:
             loss = loss.sum()
         out = loss if denom is None else loss / denom
     else:
         out = SoftmaxFocalFunction.apply(
-            x, t, a, g, eps, policy, ignore_index, smoothing, is_index, reduce, denom
-        )
+            x, t, alpha, gamma, eps, policy, ignore_index, smoothing, is_index, reduce, denom,
+            masked,
+        )  # fmt: skip
     return out.squeeze(0) if unbatched and not reduce else out
+
+
+class SoftmaxFocalLoss(FocalLossBase):
+    """:func:`softmax_focal_loss` as a module whose γ and α are buffers (see
+    :class:`FocalLossBase`): ``loss.gamma = 0.5`` updates it in place.
+
+    Args:
+        gamma: float, per-class sequence/tensor, or a :class:`SampleDependentGamma` policy.
+        alpha: ``None`` or per-class weights (``cross_entropy``'s ``weight``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        ignore_index: as in ``cross_entropy``.
+        label_smoothing: as in ``cross_entropy``.
+        poly1: ε of Poly-1 focal loss.
+        num_classes: optional; checks the length of per-class values when they are set.
+
+    Example:
+        >>> import torch
+        >>> from lightning_focal import SoftmaxFocalLoss
+        >>> criterion = SoftmaxFocalLoss(gamma=2.0)
+        >>> logits, target = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+        >>> criterion(logits, target)
+        tensor(0.0041)
+        >>> criterion.gamma = 0.0
+        >>> criterion(logits, target)
+        tensor(0.1698)
+    """
+
+    takes_prior_bias = False
+    """A constant bias does not change a softmax: the prior init is for sigmoid heads."""
+
+    def __init__(
+        self,
+        gamma: GammaArg = 2.0,
+        alpha: AlphaArg = None,
+        reduction: str = "mean",
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        poly1: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        super().__init__(gamma, alpha, reduction, poly1=poly1, num_classes=num_classes)
+
+    def _parse_alpha(self, value: Any) -> Tensor:
+        device = value.device if isinstance(value, Tensor) else torch.device("cpu")
+        if isinstance(value, Tensor):
+            self._refuse_grad("alpha", value)
+            value = value.detach()
+        a = _alpha_tensor(value, None, device, self._dtype())
+        self._check_length("alpha", a)
+        return a
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        """The loss of ``input`` logits (classes on dim 1) against ``target``."""
+        x, t, unbatched, is_index, masked = _check_inputs(input, target, self.ignore_index)
+        gamma, alpha = self.gamma, self.alpha
+        dtype = compute_dtype(x.dtype)
+        if gamma is not None:
+            check_device("loss.gamma", gamma, x.device)
+            check_per_class_length("gamma", gamma, x.shape[1], _WHERE)
+            gamma = gamma.to(dtype)
+        if alpha is not None:
+            check_device("loss.alpha", alpha, x.device)
+            check_per_class_length("alpha", alpha, x.shape[1], _WHERE)
+            alpha = alpha.to(dtype)
+        policy = self.gamma_policy.as_tuple() if self.gamma_policy is not None else None
+        return _softmax_focal_loss(
+            x, t, gamma, policy, alpha, self.ignore_index, self.reduction,
+            self.label_smoothing, self.poly1, is_index, masked, unbatched,
+        )  # fmt: skip
+
+    def encode_target(self, indices: Tensor, num_classes: int) -> Tensor:
+        """The target this loss takes for class ``indices``: the indices themselves."""
+        return indices
+
+    def alpha_from_class_weights(self, weights: Tensor) -> Tensor:
+        """α for per-class weights (mean 1): the weights themselves, as ``cross_entropy``'s
+        ``weight``."""
+        return weights
+
+    @torch.no_grad()
+    def confidence(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(top-label confidence, whether it was right) per counted sample."""
+        if logits.dim() == 1:
+            logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+        conf, pred = torch.softmax(logits.detach().float(), dim=1).max(dim=1)
+        if target.is_floating_point():
+            target = target.argmax(dim=1)
+        valid = target != self.ignore_index
+        return conf[valid], (pred == target)[valid]
+
+    def _statistics_sums(
+        self, x: Tensor, target: Tensor, weight: Tensor | None
+    ) -> dict[str, Tensor]:
+        if target.is_floating_point():
+            target = target.argmax(dim=1)
+        valid = target != self.ignore_index
+        nll = torch.nn.functional.cross_entropy(
+            x, target, reduction="none", ignore_index=self.ignore_index
+        )
+        p_t = torch.exp(-nll)
+        gamma = self._gamma_at(p_t, torch.where(valid, target, 0))
+        modulating = torch.pow(-torch.expm1(-nll), gamma)
+        return {
+            "modulating": (modulating * valid).sum(),
+            "easy_fraction": ((p_t > 0.5) & valid).sum().float(),
+            "count": valid.sum().float(),
+        }
+
+    def _statistics_from_sums(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
+        count = sums["count"].clamp_min(1.0)
+        return {"modulating": sums["modulating"] / count, "easy_fraction": sums["easy_fraction"] / count}

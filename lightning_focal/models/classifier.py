@@ -9,22 +9,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from ..losses import SampleDependentGamma
+from ..losses import SoftmaxFocalLoss
 from ..metrics import classification_metrics, per_class_recall_metric
 from ..mixin import FocalLossMixin
 
 __all__ = ["TimmClassifier", "reliability_bins"]
-
-
-def _gamma_arg(gamma: Any) -> Any:
-    """γ from config: a float, a per-class list, or {thresholds, gammas} for a sample-dependent policy."""
-    if isinstance(gamma, dict) or (hasattr(gamma, "keys") and "gammas" in gamma):
-        return SampleDependentGamma(tuple(gamma["thresholds"]), tuple(gamma["gammas"]))
-    if isinstance(gamma, (list, tuple)) or (
-        hasattr(gamma, "__len__") and not isinstance(gamma, str)
-    ):
-        return [float(g) for g in gamma]
-    return float(gamma)
 
 
 def reliability_bins(
@@ -111,13 +100,13 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
             list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
         )
         self.configure_focal_loss(
-            "softmax",
-            gamma=_gamma_arg(gamma),
-            alpha=None if alpha is None else [float(a) for a in alpha],
-            label_smoothing=label_smoothing,
-            poly1=poly1,
-            num_classes=num_classes,
-            bias_layer=None,
+            SoftmaxFocalLoss(
+                gamma,
+                alpha,
+                label_smoothing=label_smoothing,
+                poly1=poly1,
+                num_classes=num_classes,
+            )
         )
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")

@@ -20,7 +20,7 @@ from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ..losses.dense_focal import DenseFocalLoss
-from ..mixin import FocalLossMixin, _gamma_hparam
+from ..mixin import FocalLossMixin
 from ._backbone import TimmFPNBackbone
 from ._detection_heads import FocalFCOSHead, FocalRetinaNetHead, _group_norm
 
@@ -176,19 +176,7 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         cls_logits = self.model.head.classification_head.cls_logits
         if not prior_bias_init:
             nn.init.zeros_(cls_logits.bias)
-        self.register_focal_loss(
-            loss,
-            bias_layer="model.head.classification_head.cls_logits",
-            settings={
-                "mode": "sigmoid",
-                "gamma": _gamma_hparam(gamma_value),
-                "alpha": None if alpha_value is None else _gamma_hparam(alpha_value),
-                "reduction": "sum",
-                "normalization": normalization,
-                "ema_momentum": ema_momentum,
-                "num_classes": num_classes,
-            },
-        )
+        self.configure_focal_loss(loss, bias_layer="model.head.classification_head.cls_logits")
         self.val_map = mean_average_precision()
         self.test_map = mean_average_precision()
 
