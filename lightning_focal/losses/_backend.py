@@ -3,9 +3,17 @@
 The kernels are plain PyTorch functions. Compiling them with inductor fuses their
 elementwise work and reductions into one pass over memory on CPU and CUDA; running them
 eagerly gives the same numbers (up to float32 rounding) with more memory traffic, in
-chunks (:func:`eager_chunk`) so that their temporaries stay small. ``"auto"``
-(the default) compiles inputs of at least :data:`COMPILE_MIN_NUMEL` elements, where the
-one-off compile cost pays for itself, and falls back to eager for good if compilation fails.
+chunks (:func:`eager_chunk`) so that their temporaries stay small.
+
+``"auto"`` (the default) compiles a kernel only where the compile pays for itself within
+the run: for inputs of at least :data:`COMPILE_MIN_NUMEL` elements, once that kernel has
+processed :data:`COMPILE_AFTER_ELEMENTS` elements eagerly in this process (about 5 s of
+eager work on one CPU core; a compile costs ~3-5 s with a warm inductor cache and 10-40 s
+cold). Short runs, tests and small batches therefore never compile, and the count is
+deterministic (no timing), so two runs of the same job take the same path at the same
+step. ``"compile"`` compiles from the first call; a failed compile falls back to eager
+for good. The first compile already treats the leading (batch) dimensions as dynamic, so
+a second batch size (an epoch's last batch, another image size) does not recompile.
 
 Inside a compiled CPU float32 kernel, :func:`exp_nonpos` and :func:`log1p_unit` replace
 ``torch.exp`` and ``torch.log1p``: inductor calls SLEEF for those, an out-of-line call per
@@ -26,6 +34,7 @@ from torch import Tensor
 
 __all__ = [
     "BACKENDS",
+    "COMPILE_AFTER_ELEMENTS",
     "COMPILE_MIN_NUMEL",
     "EAGER_CHUNK",
     "eager_chunk",
@@ -35,6 +44,7 @@ __all__ = [
 
 BACKENDS = ("auto", "compile", "eager")
 COMPILE_MIN_NUMEL = 1 << 16
+COMPILE_AFTER_ELEMENTS = 500_000_000
 EAGER_CHUNK = 1 << 16
 
 # Let the C++ compiler fuse a*b+c into one FMA (one rounding instead of two: results move
@@ -91,26 +101,40 @@ class Kernel:
         self.fn = fn
         self.name = fn.__name__
         self._compiled: Callable[..., Any] | None = None
+        self.eager_elements = 0  # elements run eagerly at compilable sizes, for "auto"
 
     def compiles(self, numel: int) -> bool:
-        """Whether a call on ``numel`` elements goes to the compiled kernel."""
-        return self._use_compiled(numel)
-
-    def _use_compiled(self, numel: int) -> bool:
+        """Whether a call on ``numel`` elements goes to the compiled kernel now."""
         if self.name in _state["broken"] or torch.compiler.is_compiling():
             return False
         mode = get_backend()
-        return mode == "compile" or (mode == "auto" and numel >= COMPILE_MIN_NUMEL)
+        if mode != "auto":
+            return mode == "compile"
+        return numel >= COMPILE_MIN_NUMEL and (
+            self._compiled is not None or self.eager_elements >= COMPILE_AFTER_ELEMENTS
+        )
+
+    def note_eager(self, numel: int) -> None:
+        """Count an eager run of this kernel's work done outside :meth:`__call__`."""
+        if numel >= COMPILE_MIN_NUMEL:
+            self.eager_elements += numel
 
     def __call__(self, numel: int, *args: Any, eager: Callable[[], Any] | None = None) -> Any:
         """Run on ``args``; ``eager`` (if given) replaces ``fn(*args)`` when not compiled."""
         run_eager = eager if eager is not None else lambda: self.fn(*args)
-        if not self._use_compiled(numel):
+        if not self.compiles(numel):
+            self.note_eager(numel)
             return run_eager()
         if self._compiled is None:
             self._compiled = torch.compile(
                 self.fn, dynamic=None, fullgraph=True, options=_COMPILE_OPTIONS
             )
+        for arg in args:
+            if isinstance(arg, Tensor) and arg.dim() >= 2:
+                # batch (and anchor) dims dynamic from the first compile; the class dim stays
+                # static, so the inner loop keeps its fixed-width vector code
+                for dim in range(arg.dim() - 1):
+                    torch._dynamo.maybe_mark_dynamic(arg, dim)
         try:
             return self._compiled(*args)
         except Exception as err:

@@ -546,6 +546,7 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                 s = fast_scale_kernel(numel, *args)
                 grad = fast_apply_kernel(numel, x, target, ignore_index, shift, log_sum, s)
             else:
+                fast_apply_kernel.note_eager(numel)
                 grad = _eager_grad(x, target, shift, log_sum, scale, run)
         else:
 
