@@ -119,4 +119,10 @@ class FocalLossMixin:
         batch_size = int(logits.shape[0]) if logits.dim() > 0 else 1
         log: Any = self.log  # type: ignore[attr-defined]
         for key, value in stats.items():
-            log(f"{prefix}/{key}", value.float(), on_step=True, on_epoch=False, batch_size=batch_size)
+            log(
+                f"{prefix}/{key}",
+                value.float(),
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )

@@ -7,6 +7,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_focal import FocalLossBase
+
 
 class GammaRecorder(Callback):
     """Records (global_step, γ of every focal loss) as each training batch runs."""
@@ -17,7 +19,7 @@ class GammaRecorder(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        losses = [m for m in pl_module.modules() if type(m).__name__ == "FocalLoss"]
+        losses = [m for m in pl_module.modules() if isinstance(m, FocalLossBase)]
         self.seen.append(
             (trainer.global_step - 1, [g for m in losses for g in m.gamma.flatten().tolist()])
         )

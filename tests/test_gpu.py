@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from lightning_focal import SoftmaxFocalLoss, sigmoid_focal_loss, softmax_focal_loss
 from lightning_focal.losses import get_backend, set_backend
 
 pytestmark = [
@@ -75,7 +75,7 @@ def test_autocast_bf16_on_cuda():
     y = torch.randint(0, 10, (256,), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = lin(x)
-        loss = FocalLoss("softmax", gamma=0.5).cuda()(logits, y)
+        loss = SoftmaxFocalLoss(gamma=0.5).cuda()(logits, y)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(lin.weight.grad).all()
@@ -125,7 +125,7 @@ def test_losses_never_wait_for_the_device(backend):
     t = (torch.rand_like(x) < 0.01).float()
     logits = torch.randn(4096, 100, device="cuda")
     target = torch.randint(0, 100, (4096,), device="cuda")
-    module = FocalLoss("softmax", gamma=0.5, alpha=torch.rand(100) + 0.5).cuda()
+    module = SoftmaxFocalLoss(gamma=0.5, alpha=torch.rand(100) + 0.5).cuda()
     normalizer = torch.tensor(3.0, device="cuda")  # (torch.tensor(..., device=) itself syncs)
 
     def step():

@@ -29,3 +29,15 @@ def test_every_public_name_resolves_and_has_a_docstring_example() -> None:
             assert isinstance(obj, str)
             continue
         assert ">>>" in (obj.__doc__ or ""), f"{name} has no runnable example"
+
+
+def test_loss_families_and_the_flsd53_constant_are_public() -> None:
+    from lightning_focal import losses
+
+    assert lightning_focal.FLSD53 is losses.FLSD53
+    for name in ("SoftmaxFocalLoss", "SigmoidFocalLoss", "DenseFocalLoss"):
+        cls = getattr(lightning_focal, name)
+        assert issubclass(cls, lightning_focal.FocalLossBase), name
+    assert not hasattr(lightning_focal, "FocalLoss") and "FocalLoss" not in lightning_focal.__all__
+    assert lightning_focal.SoftmaxFocalLoss.takes_prior_bias is False
+    assert lightning_focal.SigmoidFocalLoss.takes_prior_bias is True

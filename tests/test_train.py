@@ -244,7 +244,7 @@ def test_cli_wandb_offline_writes_files(tmp_path):
     [
         ("loss.gamm=2", "Could not override 'loss.gamm'"),
         ("data=nope", "Could not find 'data/nope'"),
-        ("loss.gamma=-1", "gamma must be finite and >= 0"),
+        ("loss.gamma=-1", "`gamma` must be a finite γ >= 0, got -1"),
     ],
 )
 def test_bad_override_gives_a_clear_error(tmp_path, override, message):

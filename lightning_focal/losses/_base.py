@@ -223,9 +223,19 @@ class FocalLossBase(nn.Module, abc.ABC):
         # γ and α may change shape (scalar -> per-class) or appear (None -> tensor) during a
         # run; adopt the checkpoint's, after checking them as an assignment would.
         error_msgs: list[str] = args[-1]
-        incoming = {n: state_dict[prefix + n] for n in ("gamma", "alpha") if prefix + n in state_dict}
+        incoming = {
+            n: state_dict[prefix + n] for n in ("gamma", "alpha") if prefix + n in state_dict
+        }
         saved = {n: self._buffers.get(n) for n in incoming}
         saved_policy = self.gamma_policy
+        device = self._device()
+        # a buffer of the same shape keeps the module's dtype; a new one takes the checkpoint's
+        dtypes = {
+            name: current.dtype
+            if current is not None and current.shape == incoming[name].shape
+            else (incoming[name].dtype if incoming[name].is_floating_point() else self._dtype())
+            for name, current in saved.items()
+        }
         with torch.no_grad():
             for name in incoming:
                 self._buffers[name] = None  # no stale length check against the old value
@@ -240,6 +250,8 @@ class FocalLossBase(nn.Module, abc.ABC):
                     self._buffers.update(saved)
                     self.gamma_policy = saved_policy
                     return
+                if self._buffers[name] is not None:
+                    self._buffers[name] = self._buffers[name].to(device=device, dtype=dtypes[name])
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:

@@ -133,6 +133,21 @@ def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Ten
     return torch.full((), value, dtype=dtype, device=device)
 
 
+_SCALARS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+
+
+def cached_scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-d tensor of ``value``, reused across calls: a loss called every step with the
+    same Python γ or α builds it once (the kernels only read it)."""
+    key = (value, dtype, device)
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) >= 256:
+            _SCALARS.clear()
+        t = _SCALARS[key] = scalar_tensor(value, dtype, device)
+    return t
+
+
 def check_device(name: str, t: Tensor, device: torch.device) -> None:
     """Refuse a tensor on another device than the input's, naming both."""
     if t.device != device and not (t.dim() == 0 and t.device.type == "cpu"):
@@ -194,7 +209,9 @@ def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
     return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None
 
 
-def check_normalizer(normalizer: float | Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+def check_normalizer(
+    normalizer: float | Tensor, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """A positive normaliser as a 0-d tensor; ``<= 0``, NaN and inf are refused (on an
     accelerator queued as a device-side check)."""
     message = "normalizer must be finite and > 0 (clamp a positive count with .clamp_min(1))"
@@ -225,6 +242,8 @@ def gamma_arg(
     as_tuple = getattr(gamma, "as_tuple", None)  # a SampleDependentGamma
     if as_tuple is not None:
         return None, as_tuple()
+    if isinstance(gamma, (int, float)) and not isinstance(gamma, bool):
+        return cached_scalar(gamma_value(gamma), dtype, device), None
     g = as_class_tensor("gamma", gamma, device, dtype)
     check_per_class_length("gamma", g, num_classes, where)
     check_gamma_values(g)
@@ -253,7 +272,7 @@ def _fail_unless(ok: Tensor, message: str) -> None:
 def check_gamma_values(gamma: Tensor) -> None:
     if _tracing():
         return
-    message = "gamma must be finite and >= 0"
+    message = "`gamma` must be a finite γ >= 0"
     if gamma.device.type != "cpu":
         _fail_unless(torch.all(torch.isfinite(gamma) & (gamma >= 0)), message)
         return

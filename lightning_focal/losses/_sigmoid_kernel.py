@@ -184,7 +184,8 @@ def _eager_terms(x, t, alpha, gamma, weight, eps, policy, gint, with_loss: bool,
     a = one_m_t * s
     b = t * sn
     q = a + b  # 1 - p_t
-    ce = torch.abs(x).neg_().exp_().log1p_().add_(torch.relu(-x)).addcmul_(one_m_t, x)
+    # the exact part first, so that a tiny log1p term is not rounded away by ±x
+    ce = torch.relu(-x).addcmul_(one_m_t, x).add_(torch.abs(x).neg_().exp_().log1p_())
     if gint is not None:
         m, mq = _power(q, gint)
         g = float(gint)

@@ -12,6 +12,7 @@ from ._base import AlphaArg, FocalLossBase, GammaArg
 from ._common import (
     Policy,
     as_class_tensor,
+    cached_scalar,
     check_alpha_unit_interval,
     check_device,
     check_logits,
@@ -113,9 +114,13 @@ def _alpha_tensor(alpha: Any, num_classes: int | None, device, dtype) -> Tensor 
     in torchvision."""
     if alpha is None:
         return None
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if alpha < 0:  # torchvision: a negative α switches it off
+            return None
+        if not alpha <= 1.0:
+            raise ValueError(f"alpha for sigmoid focal loss must lie in [0, 1], got {alpha}")
+        return cached_scalar(float(alpha), dtype, device)
     a = as_class_tensor("alpha", alpha, device, dtype)
-    if a.dim() == 0 and not isinstance(alpha, Tensor) and float(alpha) < 0:
-        return None
     if num_classes is not None:
         check_per_class_length("alpha", a, num_classes, _WHERE)
     check_alpha_unit_interval(a)

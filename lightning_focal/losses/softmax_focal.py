@@ -189,10 +189,8 @@ def _softmax_focal_loss(
             loss = loss.sum()
         out = loss if denom is None else loss / denom
     else:
-        out = SoftmaxFocalFunction.apply(
-            x, t, alpha, gamma, eps, policy, ignore_index, smoothing, is_index, reduce, denom,
-            masked,
-        )  # fmt: skip
+        config = (eps, policy, ignore_index, smoothing, is_index, reduce, masked)
+        out = SoftmaxFocalFunction.apply(x, t, alpha, gamma, denom, config)
     return out.squeeze(0) if unbatched and not reduce else out
 
 
@@ -311,4 +309,7 @@ class SoftmaxFocalLoss(FocalLossBase):
 
     def _statistics_from_sums(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
         count = sums["count"].clamp_min(1.0)
-        return {"modulating": sums["modulating"] / count, "easy_fraction": sums["easy_fraction"] / count}
+        return {
+            "modulating": sums["modulating"] / count,
+            "easy_fraction": sums["easy_fraction"] / count,
+        }

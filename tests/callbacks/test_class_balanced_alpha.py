@@ -72,7 +72,7 @@ def test_targets_attribute_of_the_dataset(tmp_path):
 
 def test_sigmoid_losses_get_alpha_in_unit_interval(tmp_path):
     callback = ClassBalancedAlpha(method="inverse")
-    model, _ = fit(tmp_path, callback, mode="sigmoid")
+    model, _ = fit(tmp_path, callback, sigmoid=True)
     w = torch.tensor([1 / 96, 1 / 24, 1 / 8])
     w = w * 3 / w.sum()
     assert model.focal_loss.alpha.tolist() == pytest.approx((w / (1 + w)).tolist(), rel=1e-6)

@@ -22,7 +22,7 @@ def test_prior_bias_value():
 
 
 def test_sets_prior_on_fresh_fit(tmp_path):
-    model = BoringFocalClassifier(mode="sigmoid", lr=0.0)  # lr 0: the bias stays as initialised
+    model = BoringFocalClassifier(sigmoid=True, lr=0.0)  # lr 0: the bias stays as initialised
     trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[FocalBiasInit(prior=0.01)])
     trainer.fit(model, ImbalancedBlobsDataModule())
     assert torch.allclose(model.net[2].bias, torch.full((3,), -math.log(99)))
@@ -30,7 +30,7 @@ def test_sets_prior_on_fresh_fit(tmp_path):
 
 
 def test_explicit_layers_override(tmp_path):
-    model = BoringFocalClassifier(mode="sigmoid", lr=0.0)
+    model = BoringFocalClassifier(sigmoid=True, lr=0.0)
     trainer = fast_trainer(
         tmp_path, max_steps=1, callbacks=[FocalBiasInit(prior=0.5, layers=["net.0"])]
     )
@@ -46,7 +46,7 @@ def test_not_applied_on_resume(tmp_path):
         enable_checkpointing=True,
         callbacks=[FocalBiasInit(prior=0.01), ModelCheckpoint(dirpath=tmp_path, save_last=True)],
     )
-    trainer.fit(BoringFocalClassifier(mode="sigmoid", lr=0.5), ImbalancedBlobsDataModule())
+    trainer.fit(BoringFocalClassifier(sigmoid=True, lr=0.5), ImbalancedBlobsDataModule())
     restored = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["net.2.bias"]
     assert not torch.allclose(restored, torch.full((3,), prior_bias(0.01)))  # training moved it
 
@@ -57,7 +57,7 @@ def test_not_applied_on_resume(tmp_path):
     seen = BiasAtTrainStart()
     trainer = fast_trainer(tmp_path, max_steps=3, callbacks=[FocalBiasInit(prior=0.01), seen])
     trainer.fit(
-        BoringFocalClassifier(mode="sigmoid"),
+        BoringFocalClassifier(sigmoid=True),
         ImbalancedBlobsDataModule(),
         ckpt_path=str(tmp_path / "last.ckpt"),
     )

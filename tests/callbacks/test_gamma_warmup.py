@@ -119,7 +119,7 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="interval"):
         GammaWarmup(LinearWarmup(steps=3), interval="batch")
     trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[GammaWarmup(LinearWarmup(steps=3))])
-    with pytest.raises(MisconfigurationException, match="found no FocalLoss in BoringModel"):
+    with pytest.raises(MisconfigurationException, match="found no focal loss in BoringModel"):
         trainer.fit(BoringModel())
     # Infinite training: a schedule given as a fraction of it cannot be resolved.
     trainer = fast_trainer(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import lightning as L
 
+from lightning_focal import SoftmaxFocalLoss
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "existing_project.py"
 
 
@@ -29,4 +31,5 @@ def test_example_runs_and_reports(capsys):
     assert all(0.0 <= v <= 1.0 for v in results.values())
     assert "balanced accuracy" in capsys.readouterr().out
     model = module.FocalClassifier()
-    assert isinstance(model, L.LightningModule) and model.hparams["focal_loss"]["gamma"] == 2.0
+    assert isinstance(model, L.LightningModule)
+    assert isinstance(model.focal_loss, SoftmaxFocalLoss) and float(model.focal_loss.gamma) == 2.0

@@ -22,7 +22,11 @@ def _softmax_cases():
     alpha = torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64)
     return x, [
         ("index", idx, {}),
-        ("index per-class γ + α", idx, {"gamma": torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64), "alpha": alpha}),
+        (
+            "index per-class γ + α",
+            idx,
+            {"gamma": torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64), "alpha": alpha},
+        ),
         ("index γ=0.5", idx, {"gamma": 0.5}),
         ("sample-dependent γ", idx, {"gamma": FLSD53}),
         ("label smoothing", idx, {"label_smoothing": 0.1, "alpha": alpha}),
@@ -153,11 +157,26 @@ def test_gamma_alpha_weight_tensors_that_require_grad_get_gradients() -> None:
     t = F.one_hot(y, 4).double()
     cases = [
         (lambda g: softmax_focal_loss(x, y, gamma=g), torch.tensor(1.5, dtype=torch.float64)),
-        (lambda g: softmax_focal_loss(x, y, gamma=g), torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64)),
-        (lambda a: softmax_focal_loss(x, y, alpha=a), torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64)),
-        (lambda g: sigmoid_focal_loss(x, t, 0.25, g, "sum"), torch.tensor(2.0, dtype=torch.float64)),
-        (lambda a: sigmoid_focal_loss(x, t, a, 2.0, "sum"), torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)),
-        (lambda w: sigmoid_focal_loss(x, t, 0.25, 2.0, "mean", weight=w), torch.rand(6, 4, dtype=torch.float64) + 0.1),
+        (
+            lambda g: softmax_focal_loss(x, y, gamma=g),
+            torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64),
+        ),
+        (
+            lambda a: softmax_focal_loss(x, y, alpha=a),
+            torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64),
+        ),
+        (
+            lambda g: sigmoid_focal_loss(x, t, 0.25, g, "sum"),
+            torch.tensor(2.0, dtype=torch.float64),
+        ),
+        (
+            lambda a: sigmoid_focal_loss(x, t, a, 2.0, "sum"),
+            torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64),
+        ),
+        (
+            lambda w: sigmoid_focal_loss(x, t, 0.25, 2.0, "mean", weight=w),
+            torch.rand(6, 4, dtype=torch.float64) + 0.1,
+        ),
     ]
     for fn, value in cases:
         leaf = value.clone().requires_grad_()

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lightning_focal.losses import class_balanced_weights
-from lightning_focal.losses.class_weights import weights_to_sigmoid_alpha
+from lightning_focal.losses import SigmoidFocalLoss, SoftmaxFocalLoss, class_balanced_weights
 
 COUNTS = [100, 10, 1]
 
@@ -100,7 +99,9 @@ def test_bad_arguments_raise(kwargs, match):
         class_balanced_weights(**kwargs)
 
 
-def test_weights_to_sigmoid_alpha():
+def test_alpha_from_class_weights():
+    weights = torch.tensor([1.0, 3.0, 0.0])
     assert_close(
-        weights_to_sigmoid_alpha(torch.tensor([1.0, 3.0, 0.0])), torch.tensor([0.5, 0.75, 0.0])
+        SigmoidFocalLoss().alpha_from_class_weights(weights), torch.tensor([0.5, 0.75, 0.0])
     )
+    assert_close(SoftmaxFocalLoss().alpha_from_class_weights(weights), weights)

@@ -14,7 +14,13 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.testing import assert_close
 
-from lightning_focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from lightning_focal import (
+    FocalLossBase,
+    SigmoidFocalLoss,
+    SoftmaxFocalLoss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
 from lightning_focal.losses import (
     _backend,
     _sigmoid_kernel,
@@ -175,7 +181,7 @@ def test_softmax_general_path_compiled_kernels_equal_eager(compile_backend):
 
 
 class TinyClassifier(nn.Module):
-    def __init__(self, criterion: FocalLoss) -> None:
+    def __init__(self, criterion: FocalLossBase) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 5)
         self.criterion = criterion
@@ -188,12 +194,12 @@ class TinyClassifier(nn.Module):
 def test_compiled_module_takes_new_gamma_without_recompiling(mode):
     torch.manual_seed(3)
     if mode == "softmax":
-        criterion = FocalLoss("softmax", gamma=2.0, alpha=ALPHA.tolist(), ignore_index=-100)
+        criterion = SoftmaxFocalLoss(gamma=2.0, alpha=ALPHA.tolist(), ignore_index=-100)
         target = torch.randint(0, 5, (8,))
         target[0] = -100
         functional = lambda z, g, a: softmax_focal_loss(z, target, g, a)  # noqa: E731
     else:
-        criterion = FocalLoss("sigmoid", gamma=2.0, alpha=0.25)
+        criterion = SigmoidFocalLoss(gamma=2.0, alpha=0.25)
         target = (torch.rand(8, 5) > 0.7).float()
         functional = lambda z, g, a: sigmoid_focal_loss(z, target, a, g, "mean")  # noqa: E731
     model = TinyClassifier(criterion)

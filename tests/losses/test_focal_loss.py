@@ -1,4 +1,4 @@
-"""The FocalLoss module: buffers, in-place updates, state_dict round trips, functional parity."""
+"""The focal-loss modules (SoftmaxFocalLoss, SigmoidFocalLoss): buffers, in-place updates, state_dict round trips, functional parity."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from lightning_focal import FocalLoss, sigmoid_focal_loss, softmax_focal_loss
-from lightning_focal.losses import flsd53
+from lightning_focal import (
+    FLSD53,
+    SigmoidFocalLoss,
+    SoftmaxFocalLoss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
 
 
 def softmax_batch(seed=0, num_classes=3, dtype=torch.float64):
@@ -37,62 +42,69 @@ def value_and_grad(fn, x):
 # ---- construction and validation --------------------------------------------------------
 
 
-def test_unknown_mode_raises():
-    with pytest.raises(ValueError, match="unknown focal loss mode 'binary'"):
-        FocalLoss("binary")
-
-
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("cls", "kwargs", "match"),
     [
-        (dict(reduction="avg"), "avg is not a valid value for reduction"),
-        (dict(gamma=-1.0), "gamma must be finite and >= 0"),
-        (dict(gamma=torch.tensor([1.0, -2.0])), "gamma must be finite and >= 0"),
-        (dict(mode="sigmoid", alpha=[0.2, 1.2]), r"must lie in \[0, 1\]"),
-        (dict(mode="softmax", alpha=0.25), "alpha for softmax focal loss must be per-class"),
-        (dict(mode="softmax", alpha=[1.0, -1.0]), "alpha must be finite and >= 0"),
-        (dict(mode="sigmoid", ignore_index=255), "apply to mode='softmax'"),
-        (dict(mode="sigmoid", label_smoothing=0.1), "apply to mode='softmax'"),
-        (dict(label_smoothing=-0.1), r"label_smoothing must be in \[0, 1\]"),
+        (SoftmaxFocalLoss, dict(reduction="avg"), "avg is not a valid value for reduction"),
+        (SigmoidFocalLoss, dict(reduction="avg"), "avg is not a valid value for reduction"),
+        (SoftmaxFocalLoss, dict(gamma=-1.0), "`gamma` must be a finite γ >= 0, got -1.0"),
+        (SigmoidFocalLoss, dict(gamma=-1.0), "`gamma` must be a finite γ >= 0, got -1.0"),
         (
+            SoftmaxFocalLoss,
+            dict(gamma=torch.tensor([1.0, -2.0])),
+            "`gamma` must be a finite γ >= 0",
+        ),
+        (SigmoidFocalLoss, dict(alpha=[0.2, 1.2]), r"must lie in \[0, 1\]"),
+        (SoftmaxFocalLoss, dict(alpha=0.25), "alpha for softmax focal loss must be a per-class"),
+        (SoftmaxFocalLoss, dict(alpha=[1.0, -1.0]), "alpha must be finite and >= 0"),
+        (SoftmaxFocalLoss, dict(label_smoothing=-0.1), r"label_smoothing must be in \[0, 1\]"),
+        (
+            SoftmaxFocalLoss,
             dict(num_classes=3, alpha=[1.0, 1.0]),
             "alpha has 2 per-class values, expected num_classes=3",
         ),
         (
+            SoftmaxFocalLoss,
             dict(num_classes=3, gamma=[1.0, 1.0]),
             "gamma has 2 per-class values, expected num_classes=3",
         ),
     ],
 )
-def test_bad_arguments_raise(kwargs, match):
+def test_bad_arguments_raise(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        FocalLoss(**kwargs)
+        cls(**kwargs)
 
 
-def test_weight_and_normalizer_are_refused_in_softmax_mode():
+@pytest.mark.parametrize("kwargs", [dict(ignore_index=255), dict(label_smoothing=0.1)])
+def test_sigmoid_takes_no_softmax_only_arguments(kwargs):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{next(iter(kwargs))}'"):
+        SigmoidFocalLoss(**kwargs)
+
+
+def test_weight_and_normalizer_are_refused_by_softmax():
     x, target = softmax_batch()
-    with pytest.raises(TypeError, match="apply to mode='sigmoid'"):
-        FocalLoss()(x, target, weight=torch.ones(6, 2))
-    with pytest.raises(TypeError, match="apply to mode='sigmoid'"):
-        FocalLoss()(x, target, normalizer=3.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'weight'"):
+        SoftmaxFocalLoss()(x, target, weight=torch.ones(6, 2))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'normalizer'"):
+        SoftmaxFocalLoss()(x, target, normalizer=3.0)
 
 
 # ---- buffers ----------------------------------------------------------------------------
 
 
 def test_gamma_and_alpha_are_buffers_in_state_dict():
-    m = FocalLoss("softmax", gamma=2.0, alpha=[1.0, 2.0, 3.0])
+    m = SoftmaxFocalLoss(gamma=2.0, alpha=[1.0, 2.0, 3.0])
     assert dict(m.named_buffers()).keys() == {"gamma", "alpha"}
     assert list(m.parameters()) == []
     state = m.state_dict()
     assert_close(state["gamma"], torch.tensor(2.0))
     assert_close(state["alpha"], torch.tensor([1.0, 2.0, 3.0]))
     assert float(m.gamma) == 2.0
-    assert "alpha" not in FocalLoss("softmax").state_dict()
+    assert "alpha" not in SoftmaxFocalLoss().state_dict()
 
 
 def test_buffers_follow_dtype_and_device_moves():
-    m = FocalLoss("sigmoid", gamma=[1.0, 2.0, 0.5], alpha=0.25)
+    m = SigmoidFocalLoss(gamma=[1.0, 2.0, 0.5], alpha=0.25)
     m.to(torch.float64)
     assert m.gamma.dtype == torch.float64 and m.alpha.dtype == torch.float64
     m.set_gamma(0.5 * torch.ones(3))
@@ -107,23 +119,23 @@ def test_buffers_follow_dtype_and_device_moves():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_buffers_follow_cuda():
-    m = FocalLoss("softmax", gamma=2.0, alpha=[1.0, 2.0, 3.0]).cuda()
+    m = SoftmaxFocalLoss(gamma=2.0, alpha=[1.0, 2.0, 3.0]).cuda()
     assert m.gamma.is_cuda and m.alpha.is_cuda
     x, target = softmax_batch()
     assert_close(
-        m(x.cuda(), target.cuda()).cpu(), FocalLoss("softmax", 2.0, [1.0, 2.0, 3.0])(x, target)
+        m(x.cuda(), target.cuda()).cpu(), SoftmaxFocalLoss(2.0, [1.0, 2.0, 3.0])(x, target)
     )
 
 
 def test_float_of_gamma_tracks_set_gamma():
-    m = FocalLoss(gamma=2)
+    m = SoftmaxFocalLoss(gamma=2)
     assert float(m.gamma) == 2.0
     m.set_gamma(0.25)
     assert float(m.gamma) == 0.25
 
 
 def test_set_gamma_and_set_alpha_update_in_place():
-    m = FocalLoss("softmax", gamma=2.0, alpha=[1.0, 2.0, 3.0])
+    m = SoftmaxFocalLoss(gamma=2.0, alpha=[1.0, 2.0, 3.0])
     gamma, alpha = m.gamma, m.alpha
     gamma_ptr, alpha_ptr = gamma.data_ptr(), alpha.data_ptr()
     m.set_gamma(0.5)
@@ -137,7 +149,7 @@ def test_set_gamma_and_set_alpha_update_in_place():
 
 
 def test_set_gamma_changes_shape_and_stays_a_buffer():
-    m = FocalLoss("softmax", gamma=2.0)
+    m = SoftmaxFocalLoss(gamma=2.0)
     m.set_gamma([1.0, 2.0, 3.0])
     assert m.gamma.shape == (3,)
     assert_close(m.state_dict()["gamma"], torch.tensor([1.0, 2.0, 3.0]))
@@ -148,20 +160,20 @@ def test_set_gamma_changes_shape_and_stays_a_buffer():
 
 
 def test_set_gamma_rejects_bad_values_and_keeps_the_old_one():
-    m = FocalLoss(gamma=2.0)
-    with pytest.raises(ValueError, match="gamma must be finite and >= 0"):
+    m = SoftmaxFocalLoss(gamma=2.0)
+    with pytest.raises(ValueError, match="`gamma` must be a finite γ >= 0"):
         m.set_gamma(-0.5)
     assert float(m.gamma) == 2.0
 
 
 def test_set_gamma_does_not_alias_the_callers_tensor():
-    m = FocalLoss("softmax", gamma=[1.0, 1.0, 1.0])
+    m = SoftmaxFocalLoss(gamma=[1.0, 1.0, 1.0])
     external = torch.tensor([2.0, 2.0, 2.0])
     m.set_gamma([0.0, 0.0, 0.0])
     m.set_gamma(external)
     external.fill_(9.0)
     assert_close(m.gamma, torch.full((3,), 2.0))
-    fresh = FocalLoss("softmax", gamma=external)
+    fresh = SoftmaxFocalLoss(gamma=external)
     external.fill_(4.0)
     assert_close(fresh.gamma, torch.full((3,), 9.0))
 
@@ -177,9 +189,9 @@ def round_trip(module, fresh, tmp_path):
 
 
 def test_round_trip_gamma_scalar_to_per_class_alpha_none(tmp_path):
-    trained = FocalLoss("softmax", gamma=2.0, ignore_index=255)
+    trained = SoftmaxFocalLoss(gamma=2.0, ignore_index=255)
     trained.set_gamma([0.5, 1.0, 4.0])
-    fresh = round_trip(trained, FocalLoss("softmax", gamma=2.0, ignore_index=255), tmp_path)
+    fresh = round_trip(trained, SoftmaxFocalLoss(gamma=2.0, ignore_index=255), tmp_path)
     assert fresh.alpha is None
     assert_close(fresh.gamma, torch.tensor([0.5, 1.0, 4.0]))
     assert fresh.gamma_policy is None
@@ -191,10 +203,10 @@ def test_round_trip_gamma_scalar_to_per_class_alpha_none(tmp_path):
 
 
 def test_round_trip_alpha_appears_during_training(tmp_path):
-    trained = FocalLoss("softmax", gamma=2.0, ignore_index=255)
+    trained = SoftmaxFocalLoss(gamma=2.0, ignore_index=255)
     trained.set_alpha([0.5, 1.0, 1.5])
     trained.set_gamma(1.0)
-    fresh = round_trip(trained, FocalLoss("softmax", gamma=2.0, ignore_index=255), tmp_path)
+    fresh = round_trip(trained, SoftmaxFocalLoss(gamma=2.0, ignore_index=255), tmp_path)
     assert_close(fresh.alpha, torch.tensor([0.5, 1.0, 1.5]))
     assert float(fresh.gamma) == 1.0
     x, target = softmax_batch(seed=1)
@@ -206,7 +218,7 @@ def test_round_trip_sigmoid_inside_a_parent_module(tmp_path):
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(4, 3)
-            self.criterion = FocalLoss("sigmoid", gamma=2.0, alpha=0.25)
+            self.criterion = SigmoidFocalLoss(gamma=2.0, alpha=0.25)
 
     trained = Head()
     trained.criterion.set_gamma([1.0, 2.0, 3.0])
@@ -219,8 +231,8 @@ def test_round_trip_sigmoid_inside_a_parent_module(tmp_path):
 
 
 def test_round_trip_keeps_float64(tmp_path):
-    trained = FocalLoss("softmax", gamma=[1.0, 2.0, 3.0]).to(torch.float64)
-    fresh = round_trip(trained, FocalLoss("softmax", gamma=1.0), tmp_path)
+    trained = SoftmaxFocalLoss(gamma=[1.0, 2.0, 3.0]).to(torch.float64)
+    fresh = round_trip(trained, SoftmaxFocalLoss(gamma=1.0), tmp_path)
     assert fresh.gamma.dtype == torch.float64
 
 
@@ -234,12 +246,12 @@ def test_round_trip_keeps_float64(tmp_path):
         dict(gamma=2.0, ignore_index=255),
         dict(gamma=[0.5, 1.0, 3.0], alpha=[0.5, 1.0, 2.0], ignore_index=255),
         dict(gamma=0.5, alpha=[0.5, 1.0, 2.0], label_smoothing=0.1, poly1=0.4, ignore_index=255),
-        dict(gamma=flsd53(), ignore_index=255),
+        dict(gamma=FLSD53, ignore_index=255),
     ],
 )
 def test_softmax_module_equals_function(reduction, kwargs):
     x, target = softmax_batch(seed=2)
-    module = FocalLoss("softmax", reduction=reduction, **kwargs)
+    module = SoftmaxFocalLoss(reduction=reduction, **kwargs)
     functional = {k: v for k, v in kwargs.items() if k not in ("gamma", "alpha")}
     alpha = None if "alpha" not in kwargs else torch.tensor(kwargs["alpha"])
     gamma = kwargs["gamma"]
@@ -257,13 +269,13 @@ def test_softmax_module_equals_function(reduction, kwargs):
     [
         dict(gamma=2.0, alpha=0.25),
         dict(gamma=[0.5, 1.0, 3.0], alpha=[0.1, 0.5, 0.9], poly1=0.3),
-        dict(gamma=flsd53(), alpha=None),
+        dict(gamma=FLSD53, alpha=None),
     ],
 )
 def test_sigmoid_module_equals_function(reduction, kwargs):
     x, t = sigmoid_batch(seed=3)
     weight = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5]).view(1, 5, 1)
-    module = FocalLoss("sigmoid", reduction=reduction, **kwargs)
+    module = SigmoidFocalLoss(reduction=reduction, **kwargs)
     alpha = kwargs["alpha"]
     alpha = torch.tensor(alpha) if isinstance(alpha, list) else alpha
     for extra in (dict(), dict(weight=weight)):
@@ -284,7 +296,7 @@ def test_sigmoid_module_normalizer_sums_and_divides(module_reduction):
     mask = torch.ones(2, 5, 3, dtype=torch.bool)
     mask[0, 1] = False
     num_pos = t.sum().clamp_min(1.0)
-    module = FocalLoss("sigmoid", gamma=2.0, alpha=0.25, reduction=module_reduction)
+    module = SigmoidFocalLoss(gamma=2.0, alpha=0.25, reduction=module_reduction)
     p = torch.sigmoid(x)
     p_t = torch.where(t == 1, p, 1 - p)
     reference = (torch.where(t == 1, 0.25, 0.75) * -((1 - p_t) ** 2) * torch.log(p_t))[mask].sum()
@@ -292,7 +304,7 @@ def test_sigmoid_module_normalizer_sums_and_divides(module_reduction):
 
 
 def test_module_on_float32_input_with_float64_buffers():
-    m = FocalLoss("softmax", gamma=[0.5, 1.0, 3.0], alpha=[0.5, 1.0, 2.0]).to(torch.float64)
+    m = SoftmaxFocalLoss(gamma=[0.5, 1.0, 3.0], alpha=[0.5, 1.0, 2.0]).to(torch.float64)
     x, target = softmax_batch(seed=5, dtype=torch.float32)
     target[target == 255] = 0
     out = m(x, target)
@@ -303,7 +315,8 @@ def test_module_on_float32_input_with_float64_buffers():
     assert_close(out, expected.float())
 
 
-def test_extra_repr_names_mode_and_values():
-    text = repr(FocalLoss("sigmoid", gamma=1.5, alpha=0.25))
-    assert "mode='sigmoid'" in text and "1.5" in text and "0.25" in text
-    assert "SampleDependentGamma" in repr(FocalLoss(gamma=flsd53()))
+def test_repr_names_family_and_values():
+    text = repr(SigmoidFocalLoss(gamma=1.5, alpha=0.25))
+    assert text.startswith("SigmoidFocalLoss(") and "1.5" in text and "0.25" in text
+    assert repr(SoftmaxFocalLoss()).startswith("SoftmaxFocalLoss(")
+    assert "SampleDependentGamma" in repr(SoftmaxFocalLoss(gamma=FLSD53))

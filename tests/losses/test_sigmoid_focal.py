@@ -412,9 +412,13 @@ def _xt(shape=(4, 5)):
     [
         (dict(targets=torch.zeros(4, 6)), ValueError, r"targets shape \(4, 6\) does not match"),
         (dict(targets=[[0.0] * 5] * 4), TypeError, "targets must be a torch.Tensor"),
-        (dict(gamma=-0.5), ValueError, "gamma must be finite and >= 0"),
-        (dict(gamma=torch.tensor([1.0, 2.0, -1.0, 0.0, 1.0])), ValueError, "gamma must be"),
-        (dict(gamma=float("nan")), ValueError, "gamma must be finite"),
+        (dict(gamma=-0.5), ValueError, "`gamma` must be a finite γ >= 0, got -0.5"),
+        (
+            dict(gamma=torch.tensor([1.0, 2.0, -1.0, 0.0, 1.0])),
+            ValueError,
+            "`gamma` must be a finite γ >= 0",
+        ),
+        (dict(gamma=float("nan")), ValueError, "`gamma` must be a finite γ >= 0, got nan"),
         (dict(gamma=torch.ones(3)), ValueError, "gamma has 3 per-class values .* 5 classes"),
         (
             dict(alpha=torch.full((4,), 0.5)),
@@ -428,7 +432,7 @@ def _xt(shape=(4, 5)):
         (dict(reduction="avg"), ValueError, "avg is not a valid value for reduction"),
         (dict(reduction="mean", normalizer=4.0), ValueError, "normalizer .* reduction='sum'"),
         (dict(reduction="none", normalizer=4.0), ValueError, "normalizer .* reduction='sum'"),
-        (dict(reduction="sum", normalizer=0.0), ValueError, "normalizer must be > 0"),
+        (dict(reduction="sum", normalizer=0.0), ValueError, "normalizer must be finite and > 0"),
         (dict(weight=torch.ones(3)), ValueError, r"weight shape \(3,\) does not broadcast"),
         (dict(weight=torch.ones(2, 4, 5)), ValueError, "does not broadcast to inputs shape"),
         (dict(weight=-torch.ones(5)), ValueError, "weight must be finite and >= 0"),

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 
 from lightning_focal.callbacks import ClassBalancedAlpha, FocalBiasInit, GammaWarmup
 from lightning_focal.losses import DenseFocalLoss
+from lightning_focal.mixin import find_focal_losses
 from lightning_focal.models import (
     FCOSDetector,
     FCOSExpRegressionHead,
@@ -172,10 +173,11 @@ def test_detectors_hold_a_dense_focal_loss_in_the_head():
     assert isinstance(head.focal_loss, DenseFocalLoss) and retina.focal_loss is head.focal_loss
     assert float(retina.focal_loss.gamma) == 1.5 and retina.focal_loss.alpha is None
     assert retina.focal_loss.normalization == "per_image"
-    assert list(retina.focal_losses()) == ["model.head.classification_head.focal_loss"]
+    assert list(find_focal_losses(retina)) == ["model.head.classification_head.focal_loss"]
     assert retina.focal_bias_layers() == [head.cls_logits]
     assert retina.model.anchor_generator.num_anchors_per_location() == [2] * 5
-    assert retina.hparams["focal_loss"]["normalization"] == "per_image"
+    # the loss is rebuilt from the detector's own arguments; the mixin stores no hparams
+    assert retina.hparams["normalization"] == "per_image" and "focal_loss" not in retina.hparams
     assert not any(isinstance(m, nn.GroupNorm) for m in retina.model.head.modules())
     normed = small(RetinaNetDetector, head_group_norm=True).model.head
     assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
