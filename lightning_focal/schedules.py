@@ -12,7 +12,7 @@ schedule can be built from LightningCLI YAML (``class_path``/``init_args``) or f
 ``_target_`` node. γ values are parsed by the one γ parser the losses use.
 
 Example:
-    >>> schedule = LinearWarmup(start=0.0, end=2.0, steps=100)
+    >>> schedule = LinearRamp(start=0.0, end=2.0, steps=100)
     >>> [schedule(step) for step in (0, 50, 100, 1000)]
     [0.0, 1.0, 2.0, 2.0]
 """
@@ -31,10 +31,10 @@ from .losses._common import gamma_value, int_value
 
 __all__ = [
     "ConstantGamma",
-    "CosineWarmup",
-    "ExponentialWarmup",
+    "CosineRamp",
+    "ExponentialRamp",
     "GammaSchedule",
-    "LinearWarmup",
+    "LinearRamp",
     "MultiStepGamma",
     "SequentialGamma",
     "build_schedule",
@@ -118,10 +118,10 @@ class GammaSchedule(abc.ABC):
                 schedule needs a finite ``total_steps`` and did not get one.
 
         Example:
-            >>> LinearWarmup(fraction=0.1).validate(total_steps=None)
+            >>> LinearRamp(fraction=0.1).validate(total_steps=None)
             Traceback (most recent call last):
               ...
-            ValueError: LinearWarmup(...) is given as a fraction of training and needs a finite `total_steps`, got None
+            ValueError: LinearRamp(...) is given as a fraction of training and needs a finite `total_steps`, got None
         """
         if total_steps is None or total_steps == math.inf:
             return
@@ -237,7 +237,7 @@ class _Ramp(GammaSchedule):
         round up), and at least 1.
 
         Example:
-            >>> LinearWarmup(fraction=0.25).length(total_steps=10)
+            >>> LinearRamp(fraction=0.25).length(total_steps=10)
             3
         """
         self.validate(total_steps)
@@ -263,7 +263,7 @@ class _Ramp(GammaSchedule):
         return [_blend(s, e, weight) for s, e in zip(starts, ends)]
 
 
-class LinearWarmup(_Ramp):
+class LinearRamp(_Ramp):
     """γ moves linearly from ``start`` to ``end``, then holds ``end``.
 
     ``γ(step) = start + (end - start) * u`` with ``u = clamp((step - delay) / length, 0, 1)``.
@@ -278,7 +278,7 @@ class LinearWarmup(_Ramp):
         delay: Steps to hold ``start`` before the ramp begins.
 
     Example:
-        >>> warmup = LinearWarmup(start=0.0, end=2.0, fraction=0.1, delay=10)
+        >>> warmup = LinearRamp(start=0.0, end=2.0, fraction=0.1, delay=10)
         >>> [warmup(step, total_steps=1000) for step in (0, 10, 60, 110)]
         [0.0, 0.0, 1.0, 2.0]
     """
@@ -287,15 +287,15 @@ class LinearWarmup(_Ramp):
         return u
 
 
-class CosineWarmup(_Ramp):
+class CosineRamp(_Ramp):
     """γ follows a half cosine from ``start`` to ``end``, then holds ``end``.
 
     ``γ(step) = start + (end - start) * (1 - cos(π u)) / 2`` with
     ``u = clamp((step - delay) / length, 0, 1)``: slow at both ends, fastest halfway.
-    Arguments as :class:`LinearWarmup`.
+    Arguments as :class:`LinearRamp`.
 
     Example:
-        >>> anneal = CosineWarmup(start=2.0, end=1.0, steps=200)
+        >>> anneal = CosineRamp(start=2.0, end=1.0, steps=200)
         >>> [anneal(step) for step in (0, 100, 200)]
         [2.0, 1.5, 1.0]
     """
@@ -304,11 +304,11 @@ class CosineWarmup(_Ramp):
         return (1.0 - math.cos(math.pi * u)) / 2.0
 
 
-class ExponentialWarmup(_Ramp):
+class ExponentialRamp(_Ramp):
     """γ rises fast then levels off towards ``end``, reaching it at the end of the ramp.
 
     ``γ(step) = start + (end - start) * (1 - exp(-rate u)) / (1 - exp(-rate))`` with
-    ``u = clamp((step - delay) / length, 0, 1)``. Other arguments as :class:`LinearWarmup`.
+    ``u = clamp((step - delay) / length, 0, 1)``. Other arguments as :class:`LinearRamp`.
 
     Args:
         start: γ before and at ``delay`` (scalar or per-class).
@@ -317,10 +317,10 @@ class ExponentialWarmup(_Ramp):
         fraction: Ramp length as a fraction in (0, 1] of ``total_steps``.
         delay: Steps to hold ``start`` before the ramp begins.
         rate: Curvature, > 0; larger rates front-load the ramp, and ``rate -> 0`` tends to
-            :class:`LinearWarmup`.
+            :class:`LinearRamp`.
 
     Example:
-        >>> warmup = ExponentialWarmup(start=0.0, end=2.0, steps=100, rate=5.0)
+        >>> warmup = ExponentialRamp(start=0.0, end=2.0, steps=100, rate=5.0)
         >>> round(warmup(50), 6), warmup(100)
         (1.848284, 2.0)
     """
@@ -400,9 +400,9 @@ class SequentialGamma(GammaSchedule):
 
         >>> schedule = SequentialGamma(
         ...     [
-        ...         LinearWarmup(start=0.0, end=2.0, steps=100),
+        ...         LinearRamp(start=0.0, end=2.0, steps=100),
         ...         ConstantGamma(2.0),
-        ...         CosineWarmup(start=2.0, end=1.0, steps=200),
+        ...         CosineRamp(start=2.0, end=1.0, steps=200),
         ...     ],
         ...     milestones=[100, 500],
         ... )
@@ -442,9 +442,9 @@ class SequentialGamma(GammaSchedule):
 
 _SCHEDULES: dict[str, type[GammaSchedule]] = {
     "constant": ConstantGamma,
-    "linear": LinearWarmup,
-    "cosine": CosineWarmup,
-    "exponential": ExponentialWarmup,
+    "linear": LinearRamp,
+    "cosine": CosineRamp,
+    "exponential": ExponentialRamp,
     "multistep": MultiStepGamma,
 }
 
@@ -465,7 +465,7 @@ def build_schedule(name: str, **kwargs: Any) -> GammaSchedule:
 
     Example:
         >>> build_schedule("linear", start=0.0, end=2.0, steps=100)
-        LinearWarmup(start=0.0, end=2.0, steps=100, fraction=None, delay=0)
+        LinearRamp(start=0.0, end=2.0, steps=100, fraction=None, delay=0)
     """
     if name not in _SCHEDULES:
         raise ValueError(f"unknown γ schedule {name!r}; known schedules: {', '.join(_SCHEDULES)}")

@@ -34,9 +34,9 @@ class GammaWarmup(Callback):
 
     Example:
         >>> from lightning_focal.callbacks import GammaWarmup
-        >>> from lightning_focal.schedules import LinearWarmup
-        >>> GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100))
-        GammaWarmup(schedule=LinearWarmup(...), interval='step')
+        >>> from lightning_focal.schedules import LinearRamp
+        >>> GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=100))
+        GammaWarmup(schedule=LinearRamp(...), interval='step')
     """
 
     def __init__(self, schedule: GammaSchedule, interval: str = "step", log: bool = True) -> None:

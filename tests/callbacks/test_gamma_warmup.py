@@ -9,14 +9,14 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_focal.callbacks import GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-from lightning_focal.schedules import CosineWarmup, LinearWarmup, MultiStepGamma
+from lightning_focal.schedules import CosineRamp, LinearRamp, MultiStepGamma
 
 # 128 training samples in batches of 16: 8 optimiser steps per epoch.
 COUNTS = (96, 24, 8)
 
 
 def test_gamma_follows_schedule_step_by_step(tmp_path):
-    schedule = LinearWarmup(start=0.0, end=2.0, steps=10, delay=2)
+    schedule = LinearRamp(start=0.0, end=2.0, steps=10, delay=2)
     recorder = GammaRecorder()
     trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[GammaWarmup(schedule), recorder])
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
@@ -27,7 +27,7 @@ def test_gamma_follows_schedule_step_by_step(tmp_path):
 
 
 def test_fraction_of_estimated_stepping_batches(tmp_path):
-    schedule = CosineWarmup(start=0.5, end=3.0, fraction=0.5)
+    schedule = CosineRamp(start=0.5, end=3.0, fraction=0.5)
     recorder = GammaRecorder()
     trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[GammaWarmup(schedule), recorder])
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
@@ -36,7 +36,7 @@ def test_fraction_of_estimated_stepping_batches(tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
-    schedule = LinearWarmup(start=0.0, end=1.0, steps=4)
+    schedule = LinearRamp(start=0.0, end=1.0, steps=4)
     recorder = GammaRecorder()
     trainer = fast_trainer(
         tmp_path,
@@ -64,7 +64,7 @@ def test_epoch_interval_and_per_class_values(tmp_path):
 def test_resume_mid_warmup_matches_uninterrupted_run(tmp_path):
     def run(root, max_epochs, ckpt_path=None, checkpoint=False):
         recorder = GammaRecorder()
-        callbacks = [GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=20)), recorder]
+        callbacks = [GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=20)), recorder]
         if checkpoint:
             callbacks.append(ModelCheckpoint(dirpath=root, save_last=True))
         trainer = fast_trainer(
@@ -91,7 +91,7 @@ def test_checkpoint_state_is_primitive(tmp_path):
         max_steps=3,
         enable_checkpointing=True,
         callbacks=[
-            GammaWarmup(LinearWarmup(start=0.0, end=1.0, steps=10)),
+            GammaWarmup(LinearRamp(start=0.0, end=1.0, steps=10)),
             ModelCheckpoint(dirpath=tmp_path, save_last=True),
         ],
     )
@@ -107,7 +107,7 @@ def test_checkpoint_state_is_primitive(tmp_path):
 
 def test_gamma_logged(tmp_path):
     trainer = fast_trainer(
-        tmp_path, max_steps=5, callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10))]
+        tmp_path, max_steps=5, callbacks=[GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=10))]
     )
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     assert float(trainer.callback_metrics["focal/gamma"]) == pytest.approx(0.8)
@@ -117,13 +117,13 @@ def test_errors(tmp_path):
     with pytest.raises(TypeError, match="GammaSchedule"):
         GammaWarmup(2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="interval"):
-        GammaWarmup(LinearWarmup(steps=3), interval="batch")
-    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[GammaWarmup(LinearWarmup(steps=3))])
+        GammaWarmup(LinearRamp(steps=3), interval="batch")
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[GammaWarmup(LinearRamp(steps=3))])
     with pytest.raises(MisconfigurationException, match="found no FocalLoss in BoringModel"):
         trainer.fit(BoringModel())
     # Infinite training: a schedule given as a fraction of it cannot be resolved.
     trainer = fast_trainer(
-        tmp_path, max_steps=-1, max_epochs=-1, callbacks=[GammaWarmup(LinearWarmup(fraction=0.5))]
+        tmp_path, max_steps=-1, max_epochs=-1, callbacks=[GammaWarmup(LinearRamp(fraction=0.5))]
     )
     with pytest.raises(MisconfigurationException, match="invalid schedule"):
         trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
