@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import pickle
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,10 +20,8 @@ from lightning_focal.schedules import (
     LinearRamp,
     MultiStepGamma,
     SequentialGamma,
-    build_schedule,
 )
 
-SCHEDULES_FILE = Path(__file__).resolve().parents[1] / "lightning_focal" / "schedules.py"
 RAMPS = [LinearRamp, CosineRamp, ExponentialRamp]
 
 
@@ -53,11 +51,12 @@ def test_linear_warmup_fraction_uses_total_steps() -> None:
 
 
 def test_fraction_length_rounds_half_up_and_is_at_least_one() -> None:
-    assert LinearRamp(fraction=0.25).length(total_steps=10) == 3
-    assert LinearRamp(fraction=0.24).length(total_steps=10) == 2
-    assert LinearRamp(fraction=0.07).length(total_steps=100) == 7
-    assert LinearRamp(fraction=0.01).length(total_steps=10) == 1
-    assert LinearRamp(steps=42).length() == 42
+    # Without a delay the span is the ramp length.
+    assert LinearRamp(fraction=0.25).span(total_steps=10) == 3
+    assert LinearRamp(fraction=0.24).span(total_steps=10) == 2
+    assert LinearRamp(fraction=0.07).span(total_steps=100) == 7
+    assert LinearRamp(fraction=0.01).span(total_steps=10) == 1
+    assert LinearRamp(steps=42).span() == 42
     # A 3-step ramp, so one step is a third of the way.
     assert LinearRamp(start=0.0, end=3.0, fraction=0.25)(1, total_steps=10) == pytest.approx(1.0)
 
@@ -394,11 +393,97 @@ def test_sequential_rejects_non_schedules() -> None:
         SequentialGamma([ConstantGamma(1.0), 2.0], [5])
 
 
-def test_schedules_are_immutable() -> None:
-    schedule = LinearRamp(steps=10)
-    with pytest.raises(AttributeError, match="immutable"):
+def test_schedules_are_frozen_dataclasses() -> None:
+    schedule = LinearRamp(start=0.0, end=[1.0, 2.0], steps=10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.end = 5.0
-    assert schedule(10) == 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        schedule.num_classes = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del schedule.steps
+    assert schedule(10) == [1.0, 2.0]
+    # Per-class values are held as tuples, so they cannot be changed in place either.
+    assert schedule.end == (1.0, 2.0)
+    with pytest.raises(TypeError):
+        schedule.end[0] = 5.0  # type: ignore[index]
+    assert dataclasses.is_dataclass(schedule)
+    assert [f.name for f in dataclasses.fields(schedule)] == [
+        "start",
+        "end",
+        "steps",
+        "fraction",
+        "delay",
+    ]
+
+
+def test_schedules_compare_and_hash_by_value() -> None:
+    for build in (
+        lambda: ConstantGamma([1, 2]),
+        lambda: ExponentialRamp(start=0, end=[1.0, 2.0], fraction=0.5, delay=3, rate=2),
+        lambda: MultiStepGamma(values=[0.0, [1.0, 2.0]], milestones=[4]),
+        lambda: SequentialGamma([ConstantGamma(1.0), LinearRamp(steps=5)], milestones=[2]),
+    ):
+        assert build() == build()
+        assert hash(build()) == hash(build())
+        assert len({build(), build()}) == 1
+    # Normalised values compare equal whatever plain type they were given as.
+    assert LinearRamp(start=0, end=(1, 2), steps=10) == LinearRamp(0.0, [1.0, 2.0], steps=10)
+    assert LinearRamp(steps=10) != CosineRamp(steps=10)
+    assert LinearRamp(steps=10) != LinearRamp(steps=11)
+    assert repr(LinearRamp(steps=10)) == (
+        "LinearRamp(start=0.0, end=2.0, steps=10, fraction=None, delay=0)"
+    )
+    # replace() goes through the same checks as the constructor.
+    assert dataclasses.replace(LinearRamp(steps=10), delay=5).span() == 15
+    with pytest.raises(ValueError, match="`delay` must be >= 0"):
+        dataclasses.replace(LinearRamp(steps=10), delay=-1)
+
+
+# span: the step from which γ holds its final value.
+
+
+@pytest.mark.parametrize("ramp", RAMPS)
+def test_ramp_span_is_delay_plus_length(ramp: type) -> None:
+    schedule = ramp(start=0.5, end=3.0, steps=40, delay=7)
+    assert schedule.span() == schedule.span(total_steps=10) == 47
+    assert schedule(46) != 3.0
+    assert schedule(47) == 3.0
+    by_fraction = ramp(start=0.5, end=3.0, fraction=0.1, delay=7)
+    assert by_fraction.span(total_steps=500) == 57
+    assert by_fraction(56, total_steps=500) != 3.0
+    assert by_fraction(57, total_steps=500) == 3.0
+    # A fraction of an unknown run has no span yet.
+    assert by_fraction.span() is None
+    assert by_fraction.span(total_steps=math.inf) is None
+
+
+def test_constant_and_multistep_span() -> None:
+    assert ConstantGamma(1.0).span() == 0
+    assert ConstantGamma([1.0, 2.0]).span(total_steps=100) == 0
+    assert MultiStepGamma(values=[0.0, 1.0, 2.0], milestones=[10, 20]).span() == 20
+    assert MultiStepGamma(values=[4.0], milestones=[]).span() == 0
+
+
+def test_sequential_span_is_the_last_milestone_plus_the_last_piece() -> None:
+    ramp_hold_anneal = SequentialGamma(
+        [LinearRamp(steps=100), ConstantGamma(2.0), CosineRamp(2.0, 1.0, steps=200)],
+        milestones=[100, 500],
+    )
+    assert ramp_hold_anneal.span() == 700
+    assert ramp_hold_anneal(699) != 1.0
+    assert ramp_hold_anneal(700) == 1.0
+    # The first piece's 1000-step ramp is cut off at its milestone; the hold ends the schedule.
+    cut = SequentialGamma([LinearRamp(steps=1000), ConstantGamma(2.0)], milestones=[50])
+    assert cut.span() == 50
+    assert cut(49) != 2.0
+    assert cut(50) == 2.0
+    # A last piece given as a fraction of the run is offset by the milestone, or unknown.
+    by_fraction = SequentialGamma([ConstantGamma(0.0), LinearRamp(fraction=0.1)], [30])
+    assert by_fraction.span(total_steps=1000) == 130
+    assert by_fraction.span() is None
+    nested = SequentialGamma([ConstantGamma(0.0), cut], milestones=[10])
+    assert nested.span() == 60
+    assert SequentialGamma([MultiStepGamma([1.0, 2.0], [5])], milestones=[]).span() == 5
 
 
 # Purity: the value depends on the step alone.
@@ -431,6 +516,15 @@ def test_value_is_independent_of_call_order(schedule: GammaSchedule) -> None:
     twin = pickle.loads(pickle.dumps(schedule))
     assert twin == schedule
     assert {step: twin(step, total_steps=100) for step in shuffled} == forward
+
+
+@pytest.mark.parametrize("schedule", _all_kinds(), ids=lambda s: type(s).__name__)
+def test_value_changes_last_at_the_span(schedule: GammaSchedule) -> None:
+    span = schedule.span(total_steps=100)
+    final = schedule(span, total_steps=100)
+    assert all(schedule(step, total_steps=100) == final for step in range(span, span + 200))
+    if span > 0:
+        assert schedule(span - 1, total_steps=100) != final
 
 
 gammas = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
@@ -479,30 +573,7 @@ def test_multistep_value_is_the_segment_value(
     assert schedule(step) == values[segment]
 
 
-# Factory and construction from configs.
-
-
-@pytest.mark.parametrize(
-    ("name", "cls", "kwargs"),
-    [
-        ("constant", ConstantGamma, {"gamma": 1.0}),
-        ("linear", LinearRamp, {"steps": 10}),
-        ("cosine", CosineRamp, {"steps": 10}),
-        ("exponential", ExponentialRamp, {"steps": 10, "rate": 3.0}),
-        ("multistep", MultiStepGamma, {"values": [1.0, 2.0], "milestones": [3]}),
-    ],
-)
-def test_build_schedule(name: str, cls: type, kwargs: dict) -> None:
-    schedule = build_schedule(name, **kwargs)
-    assert type(schedule) is cls
-    assert schedule == cls(**kwargs)
-
-
-def test_build_schedule_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="unknown γ schedule 'step'") as error:
-        build_schedule("step")
-    for name in ("constant", "linear", "cosine", "exponential", "multistep"):
-        assert name in str(error.value)
+# Construction from configs.
 
 
 def test_build_from_jsonargparse_class_path() -> None:
@@ -531,6 +602,9 @@ def test_build_from_hydra_target() -> None:
     node = OmegaConf.create(
         {
             "_target_": "lightning_focal.schedules.SequentialGamma",
+            # Hydra turns dataclass instances inside a ListConfig into DictConfig (hydra#2504);
+            # "partial" hands the pieces over in a plain list.
+            "_convert_": "partial",
             "schedules": [
                 {"_target_": "lightning_focal.schedules.LinearRamp", "steps": 10},
                 {"_target_": "lightning_focal.schedules.ConstantGamma", "gamma": [1.0, 3.0]},
@@ -539,6 +613,7 @@ def test_build_from_hydra_target() -> None:
         }
     )
     schedule = instantiate(node)
+    assert schedule == SequentialGamma([LinearRamp(steps=10), ConstantGamma([1.0, 3.0])], [10])
     assert schedule(5) == pytest.approx([1.0, 1.0])
     assert schedule(10) == [1.0, 3.0]
 
