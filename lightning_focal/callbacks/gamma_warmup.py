@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from ..schedules import GammaSchedule
@@ -56,10 +57,12 @@ class GammaWarmup(Callback):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r})"
 
-    def _progress(self, trainer: pl.Trainer) -> tuple[int, int | float | None]:
+    def _progress(self, trainer: pl.Trainer) -> tuple[int, int | None]:
         if self.interval == "step":
+            # min(max_steps, epochs x optimiser steps per epoch); inf, or max_steps=-1 for an
+            # iterable dataset, when the run's length is unknown
             total = trainer.estimated_stepping_batches
-            return trainer.global_step, (total if total != float("inf") else None)
+            return trainer.global_step, (int(total) if 0 < total < float("inf") else None)
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         return trainer.current_epoch, max_epochs
 
@@ -87,6 +90,18 @@ class GammaWarmup(Callback):
             self.schedule.validate(total)
         except ValueError as err:
             raise MisconfigurationException(f"GammaWarmup: invalid schedule: {err}") from err
+        span = self.schedule.span(total)
+        if total is not None and span is not None and span >= total:
+            # the last batch runs at total - 1: γ would reach its final value only after the run
+            unit, limit = (
+                ("step", "max_steps") if self.interval == "step" else ("epoch", "max_epochs")
+            )
+            rank_zero_warn(
+                f"GammaWarmup: {self.schedule!r} reaches its final γ at {unit} {span}, but the run "
+                f"has {total} {unit}s (0 to {total - 1}), so γ never gets there. Shorten the "
+                "schedule (`schedule.steps`, `schedule.fraction`, `schedule.delay` or "
+                f"`schedule.milestones`) or lengthen the run (`trainer.{limit}`)."
+            )
 
     @override
     def on_train_batch_start(

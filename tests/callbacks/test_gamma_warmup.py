@@ -9,7 +9,13 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_focal.callbacks import GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-from lightning_focal.schedules import CosineRamp, LinearRamp, MultiStepGamma
+from lightning_focal.schedules import (
+    ConstantGamma,
+    CosineRamp,
+    LinearRamp,
+    MultiStepGamma,
+    SequentialGamma,
+)
 
 # 128 training samples in batches of 16: 8 optimiser steps per epoch.
 COUNTS = (96, 24, 8)
@@ -127,3 +133,68 @@ def test_errors(tmp_path):
     )
     with pytest.raises(MisconfigurationException, match="invalid schedule"):
         trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
+
+
+def _warmup_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if str(w.message).startswith("GammaWarmup")]
+
+
+def test_warns_when_the_run_ends_before_the_schedule(tmp_path):
+    schedule = LinearRamp(start=0.0, end=2.0, steps=10, delay=2)
+    model = BoringFocalClassifier()
+    trainer = fast_trainer(tmp_path, max_steps=8, callbacks=[GammaWarmup(schedule)])
+    with pytest.warns(UserWarning, match=r"GammaWarmup: LinearRamp\(.*\) reaches") as record:
+        trainer.fit(model, ImbalancedBlobsDataModule(COUNTS))
+    (message,) = _warmup_warnings(record)
+    assert "at step 12" in message and "has 8 steps" in message
+    assert "`schedule.steps`" in message and "`trainer.max_steps`" in message
+    # What the warning is about: γ stopped short of its end value.
+    assert float(model.focal_loss.gamma) == pytest.approx(schedule(7)) and schedule(7) < 2.0
+
+
+def test_warns_when_the_last_step_is_the_span(tmp_path):
+    # Steps 0..7 run; the ramp reaches γ=1 at step 8, which never runs.
+    trainer = fast_trainer(tmp_path, max_steps=8, callbacks=[GammaWarmup(LinearRamp(steps=8))])
+    with pytest.warns(UserWarning, match="at step 8, but the run has 8 steps"):
+        trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
+
+
+def test_warns_with_the_run_length_set_by_max_epochs(tmp_path):
+    # max_steps allows 100 steps, but 2 epochs of 8 batches end the run after 16.
+    schedule = CosineRamp(start=0.0, end=2.0, fraction=0.5, delay=10)  # 10 + 8 = step 18
+    trainer = fast_trainer(tmp_path, max_epochs=2, max_steps=100, callbacks=[GammaWarmup(schedule)])
+    with pytest.warns(UserWarning, match="at step 18, but the run has 16 steps"):
+        trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
+
+
+def test_warns_in_epochs_for_an_epoch_schedule(tmp_path):
+    schedule = MultiStepGamma(values=[0.0, 1.0], milestones=[3])
+    callback = GammaWarmup(schedule, interval="epoch")
+    trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[callback])
+    with pytest.warns(UserWarning, match=r"at epoch 3, but the run has 2 epochs.*max_epochs"):
+        trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
+
+
+def test_no_warning_when_the_run_reaches_the_end_value(tmp_path, recwarn):
+    model = BoringFocalClassifier()
+    schedule = SequentialGamma([LinearRamp(steps=4), ConstantGamma(1.0)], milestones=[6])
+    trainer = fast_trainer(tmp_path, max_steps=7, callbacks=[GammaWarmup(schedule)])
+    trainer.fit(model, ImbalancedBlobsDataModule(COUNTS))
+    assert _warmup_warnings(recwarn) == []
+    assert float(model.focal_loss.gamma) == 1.0
+
+
+def test_unknown_run_length_of_an_iterable_dataset(tmp_path, recwarn):
+    # Lightning reports estimated_stepping_batches = max_steps = -1 here: the length is unknown,
+    # which a schedule in steps does not need.
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(4):
+                yield torch.randn(8, generator=generator), torch.tensor(0)
+
+    model = BoringFocalClassifier()
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[GammaWarmup(LinearRamp(steps=2))])
+    trainer.fit(model, torch.utils.data.DataLoader(Stream(), batch_size=2))
+    assert trainer.global_step == 2 and float(model.focal_loss.gamma) == pytest.approx(1.0)
+    assert _warmup_warnings(recwarn) == []
