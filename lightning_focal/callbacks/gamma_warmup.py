@@ -50,8 +50,6 @@ class GammaWarmup(Callback):
         self.schedule = schedule
         self.interval = interval
         self.log = log
-        self.last_step: int = -1
-        self.last_gamma: float | list[float] | None = None
         self._losses: list = []
 
     def __repr__(self) -> str:
@@ -107,24 +105,9 @@ class GammaWarmup(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step, _ = self._progress(trainer)
         gamma = self.gamma_at(trainer)
         for loss in self._losses:
             loss.set_gamma(gamma)
-        self.last_step, self.last_gamma = step, gamma
         if self.log and not mixin_logs_gamma(pl_module):
             value = sum(gamma) / len(gamma) if isinstance(gamma, list) else gamma
             pl_module.log("focal/gamma", float(value), on_step=True, on_epoch=False, batch_size=1)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "last_step": self.last_step,
-            "last_gamma": self.last_gamma,
-            "interval": self.interval,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_step = int(state_dict.get("last_step", -1))
-        self.last_gamma = state_dict.get("last_gamma")
