@@ -23,7 +23,9 @@ class GammaWarmup(Callback):
     computes the same value without communication, and a run resumed from a mid-warmup
     checkpoint sees exactly the values an uninterrupted run sees. It is written in place
     into the loss buffers in ``on_train_batch_start``, so a compiled model does not
-    recompile.
+    recompile. The callback keeps no state of its own. At the start of training it warns when
+    the run ends before the schedule's :meth:`~lightning_focal.schedules.GammaSchedule.span`,
+    that is, before γ reaches its final value.
 
     Args:
         schedule: a :class:`~lightning_focal.schedules.GammaSchedule`.
