@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_focal import FocalLossMixin, SoftmaxFocalLoss
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 
 class StepTimer(Callback):
@@ -74,7 +74,7 @@ def fit(variant: str, args, data) -> list[float]:
     if variant == "focal":
         model = FocalModel(args.model, 10)
         callbacks += [
-            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100)),
+            GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=100)),
             ClassBalancedAlpha(),
         ]
     else:

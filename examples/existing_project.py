@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassRecall
 from lightning_focal import FocalLossMixin, SoftmaxFocalLoss
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.demos import ImbalancedBlobsDataModule
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 
 class PlainClassifier(L.LightningModule):
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         FocalClassifier(),
         args.max_epochs,
         [
-            GammaWarmup(LinearWarmup(start=0.0, end=2.0, fraction=0.3)),
+            GammaWarmup(LinearRamp(start=0.0, end=2.0, fraction=0.3)),
             ClassBalancedAlpha(beta=0.999),
         ],
     )

@@ -29,45 +29,60 @@ from .losses import (
 
 __version__ = "0.1.0"
 
-_CALLBACKS = (
-    "CalibrationGamma",
-    "ClassBalancedAlpha",
-    "DistributedConsistencyCheck",
-    "FocalBiasInit",
-    "FocalPlots",
-    "GammaWarmup",
-)
-_SCHEDULES = (
-    "ConstantGamma",
-    "CosineWarmup",
-    "ExponentialWarmup",
-    "GammaSchedule",
-    "LinearWarmup",
-    "MultiStepGamma",
-    "SequentialGamma",
-)
-# The Lightning side is imported on first use, so that the loss core alone stays light.
 _LAZY = {
     "FocalLossMixin": "lightning_focal.mixin",
-    **dict.fromkeys(_CALLBACKS, "lightning_focal.callbacks"),
-    **dict.fromkeys(_SCHEDULES, "lightning_focal.schedules"),
+    **dict.fromkeys(
+        (
+            "CalibrationGamma",
+            "ClassBalancedAlpha",
+            "DistributedConsistencyCheck",
+            "FocalBiasInit",
+            "FocalPlots",
+            "GammaWarmup",
+        ),
+        "lightning_focal.callbacks",
+    ),
+    **dict.fromkeys(
+        (
+            "ConstantGamma",
+            "CosineRamp",
+            "ExponentialRamp",
+            "GammaSchedule",
+            "LinearRamp",
+            "MultiStepGamma",
+            "SequentialGamma",
+        ),
+        "lightning_focal.schedules",
+    ),
 }
+"""The Lightning side, imported on first use so that the loss core alone stays light."""
 
-__all__ = sorted(
-    [
-        "FLSD53",
-        "DenseFocalLoss",
-        "FocalLossBase",
-        "SampleDependentGamma",
-        "SigmoidFocalLoss",
-        "SoftmaxFocalLoss",
-        "__version__",
-        "class_balanced_weights",
-        "sigmoid_focal_loss",
-        "softmax_focal_loss",
-        *_LAZY,
-    ]
-)
+__all__ = [
+    "FLSD53",
+    "CalibrationGamma",
+    "ClassBalancedAlpha",
+    "ConstantGamma",
+    "CosineRamp",
+    "DenseFocalLoss",
+    "DistributedConsistencyCheck",
+    "ExponentialRamp",
+    "FocalBiasInit",
+    "FocalLossBase",
+    "FocalLossMixin",
+    "FocalPlots",
+    "GammaSchedule",
+    "GammaWarmup",
+    "LinearRamp",
+    "MultiStepGamma",
+    "SampleDependentGamma",
+    "SequentialGamma",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+    "__version__",
+    "class_balanced_weights",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]
 
 
 def __getattr__(name: str) -> Any:

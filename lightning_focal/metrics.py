@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -54,7 +53,3 @@ def per_class_recall_metric(
         labels=labels,
         prefix=f"{prefix}recall/",
     )
-
-
-def as_floats(values: dict[str, Tensor]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()}

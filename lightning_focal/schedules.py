@@ -1,20 +1,16 @@
 """Stateless γ schedules for focal loss.
 
-A schedule maps an optimiser step to a focusing parameter γ. Like timm's schedulers, the value
-at step ``t`` is a pure function of ``t`` (and of the total number of steps, when a length is
-given as a fraction of training): every DDP rank computes the same γ without communicating, and
-a resumed run needs no state beyond ``trainer.global_step`` to continue exactly.
-
-Every γ value a constructor takes may be a scalar or per-class (one γ per class). A per-class
-schedule returns ``list[float]``; a scalar given next to a per-class list is broadcast to every
-class. Constructors take only plain values (``int``, ``float``, ``list[float]``, ``str``), so a
-schedule can be built from LightningCLI YAML (``class_path``/``init_args``) or from a Hydra
-``_target_`` node. γ values are parsed by the one γ parser the losses use.
+γ at optimiser step ``t`` is a pure function of ``t`` (and of the run's length, for a ramp given
+as a fraction of it), as in timm's schedulers: every DDP rank computes the same γ without
+communicating, and a resumed run needs nothing but ``trainer.global_step`` to continue exactly.
+A γ is a scalar or per-class; a per-class schedule returns a new ``list[float]`` and repeats its
+scalars for every class. Schedules are frozen dataclasses of plain values, so LightningCLI YAML
+and Hydra ``_target_`` nodes build them, and they are hashable, comparable and picklable.
 
 Example:
-    >>> schedule = LinearWarmup(start=0.0, end=2.0, steps=100)
-    >>> [schedule(step) for step in (0, 50, 100, 1000)]
-    [0.0, 1.0, 2.0, 2.0]
+    >>> schedule = LinearRamp(start=0.0, end=2.0, steps=100)
+    >>> [schedule(step) for step in (0, 50, 100, 1000)], schedule.span()
+    ([0.0, 1.0, 2.0, 2.0], 100)
 """
 
 from __future__ import annotations
@@ -24,104 +20,91 @@ import bisect
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .losses._common import gamma_value, int_value
 
 __all__ = [
     "ConstantGamma",
-    "CosineWarmup",
-    "ExponentialWarmup",
+    "CosineRamp",
+    "ExponentialRamp",
     "GammaSchedule",
-    "LinearWarmup",
+    "LinearRamp",
     "MultiStepGamma",
     "SequentialGamma",
-    "build_schedule",
 ]
 
 
-def _num_classes(*values: float | list[float], names: Sequence[str]) -> int | None:
-    """Number of classes shared by the per-class values (None when all are scalars)."""
-    lengths = {name: len(value) for name, value in zip(names, values) if isinstance(value, list)}
+def _set(schedule: GammaSchedule, **values: Any) -> None:
+    """Store normalised values on a frozen dataclass (from ``__post_init__`` only)."""
+    for name, value in values.items():
+        object.__setattr__(schedule, name, value)
+
+
+def _gammas(**values: Any) -> list[float | tuple[float, ...]]:
+    """γ values parsed by ``gamma_value``; if any is per-class, all become tuples of one length."""
+    gammas = {name: gamma_value(value, name) for name, value in values.items()}
+    lengths = {name: len(gamma) for name, gamma in gammas.items() if isinstance(gamma, list)}
     if len(set(lengths.values())) > 1:
         seen = ", ".join(f"`{name}` has {length}" for name, length in lengths.items())
         raise ValueError(f"per-class γ values must all have the same length: {seen}")
-    return next(iter(lengths.values()), None)
+    if not lengths:
+        return list(gammas.values())
+    n = next(iter(lengths.values()))
+    return [tuple(g) if isinstance(g, list) else (g,) * n for g in gammas.values()]
 
 
-def _broadcast(value: float | list[float], num_classes: int | None) -> float | list[float]:
-    """Repeat a scalar γ for every class of a per-class schedule; copy lists."""
-    if num_classes is None:
-        return value
-    return list(value) if isinstance(value, list) else [value] * num_classes
-
-
-def _milestones(milestones: Sequence[int], num_segments: int, segments_name: str) -> list[int]:
-    """Check milestones: ints >= 1, strictly increasing, one fewer than the segments."""
-    checked = [int_value(m, f"milestones[{i}]", minimum=1) for i, m in enumerate(milestones)]
+def _milestones(milestones: Sequence[int], segments: int, name: str) -> tuple[int, ...]:
+    """Milestones as ints >= 1, strictly increasing, one fewer than the segments."""
+    checked = tuple(int_value(m, f"milestones[{i}]", minimum=1) for i, m in enumerate(milestones))
     if any(later <= earlier for earlier, later in itertools.pairwise(checked)):
-        raise ValueError(f"`milestones` must be strictly increasing, got {checked}")
-    if num_segments != len(checked) + 1:
+        raise ValueError(f"`milestones` must be strictly increasing, got {list(checked)}")
+    if segments != len(checked) + 1:
         raise ValueError(
-            f"`{segments_name}` must have one more entry than `milestones`: "
-            f"got {num_segments} {segments_name} and {len(checked)} milestones"
+            f"`{name}` must have one more entry than `milestones`: "
+            f"got {segments} {name} and {len(checked)} milestones"
         )
     return checked
 
 
+def _float(value: Any, name: str, valid: Callable[[float], bool], rule: str) -> float:
+    """``value`` as a float (not a bool) that is ``valid``; the error states ``rule``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float, got {value!r}")
+    if not valid(value):
+        raise ValueError(f"`{name}` must be {rule}, got {value!r}")
+    return float(value)
+
+
 def _blend(start: float, end: float, weight: float) -> float:
-    """``start + (end - start) * weight``, kept within [min(start, end), max(start, end)]."""
-    if weight <= 0.0:
-        return start
-    if weight >= 1.0:
-        return end
-    value = start + (end - start) * weight
-    # Rounding could step a hair past the end point; γ must never leave the documented range.
-    return min(max(value, min(start, end)), max(start, end))
+    """``start + (end - start) * weight``, exactly ``start``/``end`` at weight 0/1, never past."""
+    if weight <= 0.0 or weight >= 1.0:
+        return start if weight <= 0.0 else end
+    return min(max(start + (end - start) * weight, min(start, end)), max(start, end))
 
 
 class GammaSchedule(abc.ABC):
-    """Base class of γ schedules: γ at an optimiser step, as a pure function of the step.
-
-    Subclasses implement :meth:`__call__` and extend :meth:`validate` when they need
-    ``total_steps``. Instances are immutable after construction, so a schedule shared between
-    modules, ranks or a resumed run always gives the same value at the same step.
+    """Base class of γ schedules, frozen dataclasses: γ at a step as a pure function of the step.
 
     Example:
         >>> isinstance(ConstantGamma(2.0), GammaSchedule)
         True
     """
 
-    _fields: ClassVar[tuple[str, ...]] = ()
     num_classes: int | None = None
     """Length of the per-class γ this schedule returns, or None when it returns a scalar."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if self.__dict__.get("_frozen", False):
-            raise AttributeError(f"{type(self).__name__} is immutable; build a new schedule")
-        super().__setattr__(name, value)
-
-    def _freeze(self) -> None:
-        self._frozen = True
-
     def validate(self, total_steps: int | float | None) -> None:
-        """Check that the schedule can be evaluated for a run of ``total_steps`` steps.
-
-        Args:
-            total_steps: Number of optimiser steps of the whole run (for example
-                ``trainer.estimated_stepping_batches``), ``None`` when unknown. ``math.inf``,
-                which Lightning reports for an unbounded run, counts as unknown.
-
-        Raises:
-            ValueError: If ``total_steps`` is not a positive int, ``None`` or ``math.inf``, or the
-                schedule needs a finite ``total_steps`` and did not get one.
+        """Raise ``ValueError`` unless the schedule can run ``total_steps`` optimiser steps: a
+        positive int, or ``None``/``math.inf`` (unknown), which a ``fraction`` ramp cannot use.
 
         Example:
-            >>> LinearWarmup(fraction=0.1).validate(total_steps=None)
+            >>> LinearRamp(fraction=0.1).validate(total_steps=None)
             Traceback (most recent call last):
               ...
-            ValueError: LinearWarmup(...) is given as a fraction of training and needs a finite `total_steps`, got None
+            ValueError: LinearRamp(...) is given as a fraction of training and needs a finite `total_steps`, got None
         """
         if total_steps is None or total_steps == math.inf:
             return
@@ -134,168 +117,138 @@ class GammaSchedule(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, step: int, total_steps: int | float | None = None) -> float | list[float]:
-        """γ at optimiser step ``step``.
+        """γ at the 0-based optimiser step ``step`` (``trainer.global_step``) of a run of
+        ``total_steps`` steps (needed only by ramps given as a fraction of training)."""
 
-        Args:
-            step: 0-based optimiser step (``trainer.global_step``).
-            total_steps: Number of optimiser steps of the whole run; needed only by schedules
-                given as a fraction of training.
+    @abc.abstractmethod
+    def span(self, total_steps: int | float | None = None) -> int | None:
+        """The last step at which γ still changes (γ holds its final value from there on), or
+        None when that depends on a ``total_steps`` not given. A ``fraction`` ramp's length is
+        ``fraction * total_steps`` rounded half up, and at least 1.
 
-        Returns:
-            γ as a float, or one γ per class as a new ``list[float]``.
+        Example:
+            >>> LinearRamp(steps=100, delay=20).span(), LinearRamp(fraction=0.25).span(10)
+            (120, 3)
         """
 
-    def _check_call(self, step: int, total_steps: int | float | None) -> int:
+    def _step(self, step: int, total_steps: int | float | None) -> int:
         self.validate(total_steps)
         return int_value(step, "step", minimum=0)
 
-    def __repr__(self) -> str:
-        arguments = ", ".join(f"{field}={getattr(self, field)!r}" for field in self._fields)
-        return f"{type(self).__name__}({arguments})"
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
-
-    def __hash__(self) -> int:
-        return hash((type(self), repr(self)))
-
-
+@dataclass(frozen=True)
 class ConstantGamma(GammaSchedule):
-    """The same γ at every step.
-
-    Args:
-        gamma: γ >= 0, or one γ per class.
+    """The same γ (>= 0, or one γ per class) at every step.
 
     Example:
         >>> ConstantGamma(2.0)(0), ConstantGamma([1.0, 3.0])(10_000)
         (2.0, [1.0, 3.0])
     """
 
-    _fields = ("gamma",)
+    gamma: float | Sequence[float] = 2.0
 
-    def __init__(self, gamma: float | Sequence[float] = 2.0) -> None:
-        self.gamma = gamma_value(gamma, "gamma")
-        self.num_classes = _num_classes(self.gamma, names=["gamma"])
-        self._freeze()
+    def __post_init__(self) -> None:
+        (gamma,) = _gammas(gamma=self.gamma)
+        _set(self, gamma=gamma, num_classes=len(gamma) if isinstance(gamma, tuple) else None)
 
     def __call__(self, step: int, total_steps: int | float | None = None) -> float | list[float]:
-        self._check_call(step, total_steps)
-        return _broadcast(self.gamma, self.num_classes)
+        self._step(step, total_steps)
+        return list(self.gamma) if self.num_classes else self.gamma
+
+    def span(self, total_steps: int | float | None = None) -> int | None:
+        return 0
 
 
+@dataclass(frozen=True)
 class _Ramp(GammaSchedule):
-    """Shared code of the warmups: ``start`` until ``delay``, a ramp to ``end``, then ``end``.
+    """``start`` until ``delay``, then ``start + (end - start) * shape(u)`` with
+    ``u = clamp((step - delay) / length, 0, 1)``, then ``end``; ``start > end`` anneals γ down."""
 
-    The ramp position is ``u = clamp((step - delay) / length, 0, 1)`` and γ is
-    ``start + (end - start) * shape(u)`` with ``shape(0) = 0`` and ``shape(1) = 1``. Subclasses
-    implement :meth:`shape`. ``start > end`` is allowed and anneals γ down.
-    """
+    start: float | Sequence[float] = 0.0
+    end: float | Sequence[float] = 2.0
+    steps: int | None = None
+    fraction: float | None = None
+    delay: int = 0
 
-    _fields = ("start", "end", "steps", "fraction", "delay")
-
-    def __init__(
-        self,
-        start: float | Sequence[float] = 0.0,
-        end: float | Sequence[float] = 2.0,
-        steps: int | None = None,
-        fraction: float | None = None,
-        delay: int = 0,
-    ) -> None:
-        self.start = gamma_value(start, "start")
-        self.end = gamma_value(end, "end")
-        self.num_classes = _num_classes(self.start, self.end, names=["start", "end"])
+    def __post_init__(self) -> None:
+        start, end = _gammas(start=self.start, end=self.end)
+        steps, fraction = self.steps, self.fraction
         if (steps is None) == (fraction is None):
             raise ValueError(
                 f"give exactly one of `steps` and `fraction`, got steps={steps!r} and "
                 f"fraction={fraction!r}"
             )
-        self.steps = None if steps is None else int_value(steps, "steps", minimum=1)
         if fraction is not None:
-            if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
-                raise TypeError(f"`fraction` must be a float, got {fraction!r}")
-            if not 0.0 < fraction <= 1.0:
-                raise ValueError(f"`fraction` must be in (0, 1], got {fraction!r}")
-            fraction = float(fraction)
-        self.fraction = fraction
-        self.delay = int_value(delay, "delay", minimum=0)
-        self._freeze()
+            fraction = _float(fraction, "fraction", lambda f: 0 < f <= 1, "in (0, 1]")
+        if steps is not None:
+            steps = int_value(steps, "steps", minimum=1)
+        delay = int_value(self.delay, "delay", minimum=0)
+        num_classes = len(start) if isinstance(start, tuple) else None
+        _set(self, start=start, end=end, steps=steps, fraction=fraction, delay=delay)
+        _set(self, num_classes=num_classes)
 
     def validate(self, total_steps: int | float | None) -> None:
         super().validate(total_steps)
-        if self.fraction is not None and (total_steps is None or total_steps == math.inf):
+        if self.fraction is not None and total_steps in (None, math.inf):
             raise ValueError(
                 f"{type(self).__name__}(...) is given as a fraction of training and needs a "
                 f"finite `total_steps`, got {total_steps!r}"
             )
 
-    def length(self, total_steps: int | float | None = None) -> int:
-        """Number of steps the ramp takes.
-
-        With ``fraction``, ``fraction * total_steps`` rounded to the nearest step (halves
-        round up), and at least 1.
-
-        Example:
-            >>> LinearWarmup(fraction=0.25).length(total_steps=10)
-            3
-        """
-        self.validate(total_steps)
-        return self._length(total_steps)
-
     def _length(self, total_steps: int | float | None) -> int:
+        # A fraction of the run, rounded half up, and at least one step.
+        self.validate(total_steps)
         if self.steps is not None:
             return self.steps
         return max(1, math.floor(self.fraction * total_steps + 0.5))
+
+    def span(self, total_steps: int | float | None = None) -> int | None:
+        if self.fraction is not None and total_steps in (None, math.inf):
+            return None
+        return self.delay + self._length(total_steps)
 
     @abc.abstractmethod
     def shape(self, u: float) -> float:
         """Ramp profile on [0, 1], increasing from ``shape(0) = 0`` to ``shape(1) = 1``."""
 
     def __call__(self, step: int, total_steps: int | float | None = None) -> float | list[float]:
-        step = self._check_call(step, total_steps)
-        u = min(max((step - self.delay) / self._length(total_steps), 0.0), 1.0)
-        weight = self.shape(u)
+        step = self._step(step, total_steps)
+        weight = self.shape(min(max((step - self.delay) / self._length(total_steps), 0.0), 1.0))
         if self.num_classes is None:
             return _blend(self.start, self.end, weight)
-        starts = _broadcast(self.start, self.num_classes)
-        ends = _broadcast(self.end, self.num_classes)
-        return [_blend(s, e, weight) for s, e in zip(starts, ends)]
+        return [_blend(s, e, weight) for s, e in zip(self.start, self.end)]
 
 
-class LinearWarmup(_Ramp):
-    """γ moves linearly from ``start`` to ``end``, then holds ``end``.
-
-    ``γ(step) = start + (end - start) * u`` with ``u = clamp((step - delay) / length, 0, 1)``.
+@dataclass(frozen=True)
+class LinearRamp(_Ramp):
+    """γ moves linearly from ``start`` to ``end`` (``shape(u) = u``), then holds ``end``.
 
     Args:
         start: γ before and at ``delay`` (scalar or per-class).
-        end: γ from ``delay + length`` on (scalar or per-class). ``start > end`` anneals.
-        steps: Ramp length in optimiser steps (>= 1). Give exactly one of ``steps`` and
+        end: γ from ``delay + length`` on (scalar or per-class); ``start > end`` anneals.
+        steps: Ramp length in optimiser steps (>= 1); give exactly one of ``steps`` and
             ``fraction``.
         fraction: Ramp length as a fraction in (0, 1] of ``total_steps``, which every call
             then needs (for example ``trainer.estimated_stepping_batches``).
         delay: Steps to hold ``start`` before the ramp begins.
 
     Example:
-        >>> warmup = LinearWarmup(start=0.0, end=2.0, fraction=0.1, delay=10)
-        >>> [warmup(step, total_steps=1000) for step in (0, 10, 60, 110)]
-        [0.0, 0.0, 1.0, 2.0]
+        >>> ramp = LinearRamp(start=0.0, end=2.0, fraction=0.1, delay=10)
+        >>> [ramp(step, total_steps=1000) for step in (0, 10, 60, 110)], ramp.span(1000)
+        ([0.0, 0.0, 1.0, 2.0], 110)
     """
 
     def shape(self, u: float) -> float:
         return u
 
 
-class CosineWarmup(_Ramp):
-    """γ follows a half cosine from ``start`` to ``end``, then holds ``end``.
-
-    ``γ(step) = start + (end - start) * (1 - cos(π u)) / 2`` with
-    ``u = clamp((step - delay) / length, 0, 1)``: slow at both ends, fastest halfway.
-    Arguments as :class:`LinearWarmup`.
+@dataclass(frozen=True)
+class CosineRamp(_Ramp):
+    """γ follows a half cosine from ``start`` to ``end`` (``shape(u) = (1 - cos(π u)) / 2``):
+    slow at both ends, fastest halfway. Arguments as :class:`LinearRamp`.
 
     Example:
-        >>> anneal = CosineWarmup(start=2.0, end=1.0, steps=200)
+        >>> anneal = CosineRamp(start=2.0, end=1.0, steps=200)
         >>> [anneal(step) for step in (0, 100, 200)]
         [2.0, 1.5, 1.0]
     """
@@ -304,128 +257,92 @@ class CosineWarmup(_Ramp):
         return (1.0 - math.cos(math.pi * u)) / 2.0
 
 
-class ExponentialWarmup(_Ramp):
-    """γ rises fast then levels off towards ``end``, reaching it at the end of the ramp.
-
-    ``γ(step) = start + (end - start) * (1 - exp(-rate u)) / (1 - exp(-rate))`` with
-    ``u = clamp((step - delay) / length, 0, 1)``. Other arguments as :class:`LinearWarmup`.
-
-    Args:
-        start: γ before and at ``delay`` (scalar or per-class).
-        end: γ from ``delay + length`` on (scalar or per-class).
-        steps: Ramp length in optimiser steps; exactly one of ``steps`` and ``fraction``.
-        fraction: Ramp length as a fraction in (0, 1] of ``total_steps``.
-        delay: Steps to hold ``start`` before the ramp begins.
-        rate: Curvature, > 0; larger rates front-load the ramp, and ``rate -> 0`` tends to
-            :class:`LinearWarmup`.
+@dataclass(frozen=True)
+class ExponentialRamp(_Ramp):
+    """γ moves fast, then levels off, reaching ``end`` at the end of the ramp:
+    ``shape(u) = (1 - exp(-rate u)) / (1 - exp(-rate))``. Arguments as :class:`LinearRamp`, and
+    ``rate`` > 0: larger rates front-load the ramp; ``rate -> 0`` tends to :class:`LinearRamp`.
 
     Example:
-        >>> warmup = ExponentialWarmup(start=0.0, end=2.0, steps=100, rate=5.0)
-        >>> round(warmup(50), 6), warmup(100)
+        >>> ramp = ExponentialRamp(start=0.0, end=2.0, steps=100, rate=5.0)
+        >>> round(ramp(50), 6), ramp(100)
         (1.848284, 2.0)
     """
 
-    _fields = (*_Ramp._fields, "rate")
+    rate: float = 5.0
 
-    def __init__(
-        self,
-        start: float | Sequence[float] = 0.0,
-        end: float | Sequence[float] = 2.0,
-        steps: int | None = None,
-        fraction: float | None = None,
-        delay: int = 0,
-        rate: float = 5.0,
-    ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-            raise TypeError(f"`rate` must be a float, got {rate!r}")
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError(f"`rate` must be a finite float > 0, got {rate!r}")
-        self.rate = float(rate)
-        super().__init__(start=start, end=end, steps=steps, fraction=fraction, delay=delay)
+    def __post_init__(self) -> None:
+        _set(self, rate=_float(self.rate, "rate", lambda r: 0 < r < math.inf, "a finite float > 0"))
+        super().__post_init__()
 
     def shape(self, u: float) -> float:
-        return -math.expm1(-self.rate * u) / -math.expm1(-self.rate)
+        return math.expm1(-self.rate * u) / math.expm1(-self.rate)
 
 
+@dataclass(frozen=True)
 class MultiStepGamma(GammaSchedule):
-    """Piecewise-constant γ: ``values[i]`` from ``milestones[i - 1]`` (inclusive) to ``milestones[i]``.
-
-    Args:
-        values: γ of each segment (scalar or per-class); one more than ``milestones``.
-        milestones: Steps where the next value starts; ints >= 1, strictly increasing.
+    """Piecewise-constant γ: ``values[i]`` (scalar or per-class) from ``milestones[i - 1]``
+    (inclusive) to ``milestones[i]``; milestones are ints >= 1, strictly increasing.
 
     Example:
         >>> schedule = MultiStepGamma(values=[0.0, 1.0, 2.0], milestones=[10, 20])
-        >>> [schedule(step) for step in (0, 9, 10, 19, 20, 500)]
-        [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+        >>> [schedule(step) for step in (0, 9, 10, 19, 20, 500)], schedule.span()
+        ([0.0, 0.0, 1.0, 1.0, 2.0, 2.0], 20)
     """
 
-    _fields = ("values", "milestones")
+    values: Sequence[float | Sequence[float]]
+    milestones: Sequence[int]
 
-    def __init__(
-        self, values: Sequence[float | Sequence[float]], milestones: Sequence[int]
-    ) -> None:
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise TypeError(f"`values` must be a sequence of γ values, got {values!r}")
-        checked = [gamma_value(value, f"values[{i}]") for i, value in enumerate(values)]
-        self.num_classes = _num_classes(
-            *checked, names=[f"values[{i}]" for i in range(len(checked))]
-        )
-        self.values = [_broadcast(value, self.num_classes) for value in checked]
-        self.milestones = _milestones(milestones, len(self.values), "values")
-        self._freeze()
+    def __post_init__(self) -> None:
+        if isinstance(self.values, (str, bytes)) or not isinstance(self.values, Sequence):
+            raise TypeError(f"`values` must be a sequence of γ values, got {self.values!r}")
+        values = tuple(_gammas(**{f"values[{i}]": v for i, v in enumerate(self.values)}))
+        milestones = _milestones(self.milestones, len(values), "values")
+        num_classes = len(values[0]) if isinstance(values[0], tuple) else None
+        _set(self, values=values, milestones=milestones, num_classes=num_classes)
 
     def __call__(self, step: int, total_steps: int | float | None = None) -> float | list[float]:
-        step = self._check_call(step, total_steps)
-        value = self.values[bisect.bisect_right(self.milestones, step)]
-        return list(value) if isinstance(value, list) else value
+        value = self.values[bisect.bisect_right(self.milestones, self._step(step, total_steps))]
+        return list(value) if self.num_classes else value
+
+    def span(self, total_steps: int | float | None = None) -> int | None:
+        return self.milestones[-1] if self.milestones else 0
 
 
+@dataclass(frozen=True)
 class SequentialGamma(GammaSchedule):
     """Schedules run one after another, like ``torch.optim.lr_scheduler.SequentialLR``.
 
-    ``schedules[i]`` is active from ``milestones[i - 1]`` (inclusive) to ``milestones[i]`` and
-    sees the step relative to the start of its segment (``step - milestones[i - 1]``), so each
-    piece is written as if it started at step 0. ``total_steps`` is passed on unchanged: a
-    piece given as a ``fraction`` is a fraction of the whole run. When some pieces are
-    per-class, scalar pieces are broadcast to every class.
-
-    Args:
-        schedules: The pieces, in order; one more than ``milestones``.
-        milestones: Steps where the next piece starts; ints >= 1, strictly increasing.
+    ``schedules[i]`` runs from ``milestones[i - 1]`` (inclusive) to ``milestones[i]`` and sees
+    the step relative to the start of its segment; ``total_steps`` is passed on unchanged, so a
+    ``fraction`` is of the whole run. Scalar pieces are repeated for every class of per-class ones.
+    A Hydra node needs ``_convert_: partial``: Hydra turns dataclasses in a list into DictConfig.
 
     Example:
-        Warm γ up from 0 to 2 over 100 steps, hold it until step 500, then anneal it to 1
-        along a half cosine over 200 steps:
+        Ramp γ up over 100 steps, hold it to step 500, anneal it over 200 steps:
 
-        >>> schedule = SequentialGamma(
-        ...     [
-        ...         LinearWarmup(start=0.0, end=2.0, steps=100),
-        ...         ConstantGamma(2.0),
-        ...         CosineWarmup(start=2.0, end=1.0, steps=200),
-        ...     ],
-        ...     milestones=[100, 500],
-        ... )
-        >>> [schedule(step) for step in (0, 50, 100, 499, 500, 600, 700, 10_000)]
-        [0.0, 1.0, 2.0, 2.0, 2.0, 1.5, 1.0, 1.0]
+        >>> ramp, anneal = LinearRamp(0.0, 2.0, steps=100), CosineRamp(2.0, 1.0, steps=200)
+        >>> schedule = SequentialGamma([ramp, ConstantGamma(2.0), anneal], milestones=[100, 500])
+        >>> [schedule(step) for step in (0, 50, 100, 499, 500, 600, 700)], schedule.span()
+        ([0.0, 1.0, 2.0, 2.0, 2.0, 1.5, 1.0], 700)
     """
 
-    _fields = ("schedules", "milestones")
+    schedules: Sequence[GammaSchedule]
+    milestones: Sequence[int]
 
-    def __init__(self, schedules: Sequence[GammaSchedule], milestones: Sequence[int]) -> None:
-        for index, schedule in enumerate(schedules):
+    def __post_init__(self) -> None:
+        for index, schedule in enumerate(self.schedules):
             if not isinstance(schedule, GammaSchedule):
                 raise TypeError(f"`schedules[{index}]` must be a GammaSchedule, got {schedule!r}")
-        self.schedules = list(schedules)
-        self.milestones = _milestones(milestones, len(self.schedules), "schedules")
-        lengths = {s.num_classes for s in self.schedules} - {None}
-        if len(lengths) > 1:
+        schedules = tuple(self.schedules)
+        lengths = [schedule.num_classes for schedule in schedules]
+        if len(set(lengths) - {None}) > 1:
             raise ValueError(
-                "per-class schedules must all have the same number of classes, got "
-                f"{[s.num_classes for s in self.schedules]}"
+                f"per-class pieces must have the same number of classes, got {lengths}"
             )
-        self.num_classes = lengths.pop() if lengths else None
-        self._freeze()
+        milestones = _milestones(self.milestones, len(schedules), "schedules")
+        num_classes = max(lengths, key=lambda n: n or 0)
+        _set(self, schedules=schedules, milestones=milestones, num_classes=num_classes)
 
     def validate(self, total_steps: int | float | None) -> None:
         super().validate(total_steps)
@@ -433,40 +350,15 @@ class SequentialGamma(GammaSchedule):
             schedule.validate(total_steps)
 
     def __call__(self, step: int, total_steps: int | float | None = None) -> float | list[float]:
-        step = self._check_call(step, total_steps)
+        step = self._step(step, total_steps)
         index = bisect.bisect_right(self.milestones, step)
         segment_start = self.milestones[index - 1] if index > 0 else 0
         value = self.schedules[index](step - segment_start, total_steps)
-        return _broadcast(value, self.num_classes)
+        if self.num_classes and not isinstance(value, list):
+            return [value] * self.num_classes
+        return value
 
-
-_SCHEDULES: dict[str, type[GammaSchedule]] = {
-    "constant": ConstantGamma,
-    "linear": LinearWarmup,
-    "cosine": CosineWarmup,
-    "exponential": ExponentialWarmup,
-    "multistep": MultiStepGamma,
-}
-
-
-def build_schedule(name: str, **kwargs: Any) -> GammaSchedule:
-    """Build a γ schedule from its short name and constructor arguments.
-
-    Args:
-        name: One of ``"constant"``, ``"linear"``, ``"cosine"``, ``"exponential"``,
-            ``"multistep"``.
-        **kwargs: Passed to the schedule's constructor.
-
-    Returns:
-        The schedule.
-
-    Raises:
-        ValueError: If ``name`` is not a known schedule.
-
-    Example:
-        >>> build_schedule("linear", start=0.0, end=2.0, steps=100)
-        LinearWarmup(start=0.0, end=2.0, steps=100, fraction=None, delay=0)
-    """
-    if name not in _SCHEDULES:
-        raise ValueError(f"unknown γ schedule {name!r}; known schedules: {', '.join(_SCHEDULES)}")
-    return _SCHEDULES[name](**kwargs)
+    def span(self, total_steps: int | float | None = None) -> int | None:
+        # Earlier pieces are cut off at their milestones: the last piece decides.
+        last = self.schedules[-1].span(total_steps)
+        return None if last is None else (self.milestones[-1] if self.milestones else 0) + last

@@ -46,7 +46,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     from lightning_focal.data import DigitsLTDataModule
     from lightning_focal.losses import class_balanced_weights
     from lightning_focal.models.classifier import TimmClassifier
-    from lightning_focal.schedules import LinearWarmup
+    from lightning_focal.schedules import LinearRamp
 
     common = [
         "trainer=ddp_cpu",
@@ -69,7 +69,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     # The same γ on both ranks at every step, and the schedule's value.
     spread = column(rows, "ddp/focal_spread")
     assert [s for s, _ in spread] == list(range(6)) and all(v == 0.0 for _, v in spread)
-    schedule = LinearWarmup(start=0.0, end=2.0, fraction=0.3)
+    schedule = LinearRamp(start=0.0, end=2.0, fraction=0.3)
     gammas = column(rows, "focal/gamma")
     assert gammas and all(g == pytest.approx(schedule(s, 6)) for s, g in gammas)
 

@@ -86,7 +86,7 @@ def test_bf16_mixed_fit_on_gpu(tmp_path):
 
     from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
     from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-    from lightning_focal.schedules import LinearWarmup
+    from lightning_focal.schedules import LinearRamp
 
     class Devices(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
@@ -107,7 +107,7 @@ def test_bf16_mixed_fit_on_gpu(tmp_path):
         enable_progress_bar=False,
         default_root_dir=tmp_path,
         callbacks=[
-            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)),
+            GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=10)),
             ClassBalancedAlpha(),
             devices,
         ],
@@ -170,7 +170,7 @@ def test_float16_mixed_fit_on_gpu(tmp_path):
 
     from lightning_focal.callbacks import GammaWarmup
     from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-    from lightning_focal.schedules import LinearWarmup
+    from lightning_focal.schedules import LinearRamp
 
     model = BoringFocalClassifier()
     trainer = pl.Trainer(
@@ -182,7 +182,7 @@ def test_float16_mixed_fit_on_gpu(tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         default_root_dir=tmp_path,
-        callbacks=[GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10))],
+        callbacks=[GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=10))],
     )
     trainer.fit(model, ImbalancedBlobsDataModule())
     assert float(model.focal_loss.gamma) == 2.0

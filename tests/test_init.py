@@ -41,3 +41,30 @@ def test_loss_families_and_the_flsd53_constant_are_public() -> None:
     assert not hasattr(lightning_focal, "FocalLoss") and "FocalLoss" not in lightning_focal.__all__
     assert lightning_focal.SoftmaxFocalLoss.takes_prior_bias is False
     assert lightning_focal.SigmoidFocalLoss.takes_prior_bias is True
+
+
+def test_version_is_single_sourced() -> None:
+    import importlib.metadata
+    import pathlib
+
+    import tomllib
+
+    import lightning_focal
+
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert importlib.metadata.version("lightning-focal") == lightning_focal.__version__
+
+
+def test_every_public_name_is_exported_and_importable() -> None:
+    import lightning_focal
+    import lightning_focal.callbacks
+    import lightning_focal.schedules
+
+    for name in lightning_focal.__all__:
+        assert getattr(lightning_focal, name) is not None
+    for module in (lightning_focal.callbacks, lightning_focal.schedules):
+        for name in module.__all__:
+            if name[0].isupper():
+                assert name in lightning_focal.__all__, name

@@ -17,7 +17,7 @@ from lightning_focal import (
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
 from lightning_focal.mixin import find_focal_losses
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 
 def loss_settings(loss: FocalLossBase) -> dict:
@@ -160,7 +160,7 @@ def test_easy_fraction_matches_independent_count(tmp_path):
 
 def test_load_from_checkpoint_restores_the_loss(tmp_path):
     callbacks = [
-        GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100)),
+        GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=100)),
         ClassBalancedAlpha(method="inverse"),
         ModelCheckpoint(dirpath=tmp_path, save_last=True),
     ]
@@ -184,7 +184,7 @@ def test_load_from_checkpoint_restores_the_loss(tmp_path):
 def test_trains_under_torch_compile(tmp_path):
     model = BoringFocalClassifier(gamma=2.0)
     compiled = torch.compile(model)
-    warmup = GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=6))
+    warmup = GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=6))
     trainer = fast_trainer(tmp_path, max_steps=6, callbacks=[warmup])
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(compiled, ImbalancedBlobsDataModule())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import pickle
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,17 +14,15 @@ from hypothesis import strategies as st
 
 from lightning_focal.schedules import (
     ConstantGamma,
-    CosineWarmup,
-    ExponentialWarmup,
+    CosineRamp,
+    ExponentialRamp,
     GammaSchedule,
-    LinearWarmup,
+    LinearRamp,
     MultiStepGamma,
     SequentialGamma,
-    build_schedule,
 )
 
-SCHEDULES_FILE = Path(__file__).resolve().parents[1] / "lightning_focal" / "schedules.py"
-RAMPS = [LinearWarmup, CosineWarmup, ExponentialWarmup]
+RAMPS = [LinearRamp, CosineRamp, ExponentialRamp]
 
 
 # Exact values, hand-computed (the irrational ones with mpmath at 30 digits).
@@ -38,13 +36,13 @@ def test_constant_gamma_values() -> None:
 
 
 def test_linear_warmup_values_with_delay() -> None:
-    schedule = LinearWarmup(start=0.0, end=2.0, steps=100, delay=10)
+    schedule = LinearRamp(start=0.0, end=2.0, steps=100, delay=10)
     expected = {0: 0.0, 9: 0.0, 10: 0.0, 35: 0.5, 60: 1.0, 85: 1.5, 110: 2.0, 111: 2.0, 10**6: 2.0}
     assert {step: schedule(step) for step in expected} == pytest.approx(expected, abs=1e-12)
 
 
 def test_linear_warmup_fraction_uses_total_steps() -> None:
-    schedule = LinearWarmup(start=1.0, end=3.0, fraction=0.1)
+    schedule = LinearRamp(start=1.0, end=3.0, fraction=0.1)
     # 10% of 1000 steps is a 100-step ramp; of 200 steps, a 20-step ramp.
     assert schedule(50, total_steps=1000) == pytest.approx(2.0)
     assert schedule(100, total_steps=1000) == 3.0
@@ -53,53 +51,54 @@ def test_linear_warmup_fraction_uses_total_steps() -> None:
 
 
 def test_fraction_length_rounds_half_up_and_is_at_least_one() -> None:
-    assert LinearWarmup(fraction=0.25).length(total_steps=10) == 3
-    assert LinearWarmup(fraction=0.24).length(total_steps=10) == 2
-    assert LinearWarmup(fraction=0.07).length(total_steps=100) == 7
-    assert LinearWarmup(fraction=0.01).length(total_steps=10) == 1
-    assert LinearWarmup(steps=42).length() == 42
+    # Without a delay the span is the ramp length.
+    assert LinearRamp(fraction=0.25).span(total_steps=10) == 3
+    assert LinearRamp(fraction=0.24).span(total_steps=10) == 2
+    assert LinearRamp(fraction=0.07).span(total_steps=100) == 7
+    assert LinearRamp(fraction=0.01).span(total_steps=10) == 1
+    assert LinearRamp(steps=42).span() == 42
     # A 3-step ramp, so one step is a third of the way.
-    assert LinearWarmup(start=0.0, end=3.0, fraction=0.25)(1, total_steps=10) == pytest.approx(1.0)
+    assert LinearRamp(start=0.0, end=3.0, fraction=0.25)(1, total_steps=10) == pytest.approx(1.0)
 
 
 def test_linear_warmup_fraction_with_delay() -> None:
-    schedule = LinearWarmup(start=0.0, end=4.0, fraction=0.5, delay=5)
+    schedule = LinearRamp(start=0.0, end=4.0, fraction=0.5, delay=5)
     assert schedule(5, total_steps=20) == 0.0
     assert schedule(10, total_steps=20) == pytest.approx(2.0)
     assert schedule(15, total_steps=20) == 4.0
 
 
 def test_cosine_warmup_values() -> None:
-    schedule = CosineWarmup(start=0.0, end=2.0, steps=100)
+    schedule = CosineRamp(start=0.0, end=2.0, steps=100)
     assert schedule(0) == 0.0
     assert schedule(25) == pytest.approx(0.292893218813452475599, rel=1e-12)
     assert schedule(50) == pytest.approx(1.0, rel=1e-12)
     assert schedule(75) == pytest.approx(1.707106781186547524401, rel=1e-12)
     assert schedule(100) == 2.0
-    delayed = CosineWarmup(start=1.0, end=3.0, steps=10, delay=4)
+    delayed = CosineRamp(start=1.0, end=3.0, steps=10, delay=4)
     assert delayed(4) == 1.0
     assert delayed(7) == pytest.approx(1.412214747707526870831, rel=1e-12)
     assert delayed(14) == 3.0
 
 
 def test_exponential_warmup_values() -> None:
-    schedule = ExponentialWarmup(start=0.0, end=2.0, steps=100, rate=5.0)
+    schedule = ExponentialRamp(start=0.0, end=2.0, steps=100, rate=5.0)
     assert schedule(0) == 0.0
     assert schedule(25) == pytest.approx(1.436670616750427610265, rel=1e-12)
     assert schedule(50) == pytest.approx(1.848283639957512897613, rel=1e-12)
     assert schedule(100) == 2.0
     # The default rate is 5.
-    assert ExponentialWarmup(start=0.0, end=2.0, steps=100)(50) == schedule(50)
+    assert ExponentialRamp(start=0.0, end=2.0, steps=100)(50) == schedule(50)
     # A gentler rate stays closer to the straight line (1.0 at halfway).
-    assert ExponentialWarmup(start=0.0, end=2.0, steps=100, rate=0.01)(50) == pytest.approx(
+    assert ExponentialRamp(start=0.0, end=2.0, steps=100, rate=0.01)(50) == pytest.approx(
         1.0, abs=0.01
     )
 
 
 def test_anneal_when_start_is_above_end() -> None:
-    assert LinearWarmup(start=3.0, end=1.0, steps=4)(1) == pytest.approx(2.5)
-    assert CosineWarmup(start=2.0, end=1.0, steps=200)(100) == pytest.approx(1.5)
-    anneal = ExponentialWarmup(start=2.0, end=0.0, steps=100)
+    assert LinearRamp(start=3.0, end=1.0, steps=4)(1) == pytest.approx(2.5)
+    assert CosineRamp(start=2.0, end=1.0, steps=200)(100) == pytest.approx(1.5)
+    anneal = ExponentialRamp(start=2.0, end=0.0, steps=100)
     assert anneal(50) == pytest.approx(2.0 - 1.848283639957512897613, rel=1e-12)
     assert anneal(100) == 0.0
 
@@ -113,7 +112,7 @@ def test_multistep_values() -> None:
 
 def test_sequential_sees_steps_relative_to_its_segment() -> None:
     schedule = SequentialGamma(
-        [ConstantGamma(0.5), LinearWarmup(start=0.0, end=2.0, steps=10)], milestones=[100]
+        [ConstantGamma(0.5), LinearRamp(start=0.0, end=2.0, steps=10)], milestones=[100]
     )
     assert schedule(99) == 0.5
     assert schedule(100) == 0.0
@@ -125,9 +124,9 @@ def test_sequential_sees_steps_relative_to_its_segment() -> None:
 def test_sequential_warmup_hold_anneal() -> None:
     schedule = SequentialGamma(
         [
-            LinearWarmup(start=0.0, end=2.0, steps=100),
+            LinearRamp(start=0.0, end=2.0, steps=100),
             ConstantGamma(2.0),
-            CosineWarmup(start=2.0, end=1.0, steps=200),
+            CosineRamp(start=2.0, end=1.0, steps=200),
         ],
         milestones=[100, 500],
     )
@@ -138,7 +137,7 @@ def test_sequential_warmup_hold_anneal() -> None:
 
 def test_sequential_passes_total_steps_to_fraction_pieces() -> None:
     schedule = SequentialGamma(
-        [ConstantGamma(1.0), LinearWarmup(start=0.0, end=2.0, fraction=0.1)], milestones=[50]
+        [ConstantGamma(1.0), LinearRamp(start=0.0, end=2.0, fraction=0.1)], milestones=[50]
     )
     # 10% of the whole run of 1000 steps, counted from the segment start.
     assert schedule(100, total_steps=1000) == pytest.approx(1.0)
@@ -194,24 +193,24 @@ def test_ramp_is_monotonic(ramp: type) -> None:
 
 
 def test_cosine_and_exponential_differ_from_linear() -> None:
-    linear = LinearWarmup(start=0.0, end=2.0, steps=100)(25)
-    assert CosineWarmup(start=0.0, end=2.0, steps=100)(25) < linear
-    assert ExponentialWarmup(start=0.0, end=2.0, steps=100)(25) > linear
+    linear = LinearRamp(start=0.0, end=2.0, steps=100)(25)
+    assert CosineRamp(start=0.0, end=2.0, steps=100)(25) < linear
+    assert ExponentialRamp(start=0.0, end=2.0, steps=100)(25) > linear
 
 
 # Per-class values.
 
 
 def test_per_class_broadcasts_scalar_against_list() -> None:
-    schedule = LinearWarmup(start=0.0, end=[1.0, 3.0], steps=10)
+    schedule = LinearRamp(start=0.0, end=[1.0, 3.0], steps=10)
     assert schedule.num_classes == 2
     assert schedule(0) == [0.0, 0.0]
     assert schedule(5) == pytest.approx([0.5, 1.5])
     assert schedule(10) == [1.0, 3.0]
-    both = CosineWarmup(start=[2.0, 0.0, 1.0], end=[0.0, 2.0, 1.0], steps=10)
+    both = CosineRamp(start=[2.0, 0.0, 1.0], end=[0.0, 2.0, 1.0], steps=10)
     assert both(5) == pytest.approx([1.0, 1.0, 1.0])
-    assert LinearWarmup(steps=10).num_classes is None
-    assert isinstance(LinearWarmup(steps=10)(5), float)
+    assert LinearRamp(steps=10).num_classes is None
+    assert isinstance(LinearRamp(steps=10)(5), float)
 
 
 def test_per_class_multistep_broadcasts_scalars() -> None:
@@ -231,7 +230,7 @@ def test_per_class_sequential_broadcasts_scalar_pieces() -> None:
 def test_returned_lists_are_copies() -> None:
     for schedule in (
         ConstantGamma([1.0, 2.0]),
-        LinearWarmup(start=[0.0, 1.0], end=[1.0, 2.0], steps=4),
+        LinearRamp(start=[0.0, 1.0], end=[1.0, 2.0], steps=4),
         MultiStepGamma(values=[[1.0, 2.0]], milestones=[]),
         SequentialGamma([ConstantGamma([1.0, 2.0]), ConstantGamma(3.0)], milestones=[2]),
     ):
@@ -253,8 +252,8 @@ def test_accepts_tuples_and_arrays() -> None:
     "build",
     [
         lambda: ConstantGamma([]),
-        lambda: LinearWarmup(start=[0.0, 1.0], end=[1.0, 2.0, 3.0], steps=10),
-        lambda: CosineWarmup(start=[0.0], end=[1.0, 2.0], steps=10),
+        lambda: LinearRamp(start=[0.0, 1.0], end=[1.0, 2.0, 3.0], steps=10),
+        lambda: CosineRamp(start=[0.0], end=[1.0, 2.0], steps=10),
         lambda: MultiStepGamma(values=[[1.0, 2.0], [1.0, 2.0, 3.0]], milestones=[5]),
         lambda: SequentialGamma([ConstantGamma([1.0]), ConstantGamma([1.0, 2.0])], [5]),
     ],
@@ -273,9 +272,9 @@ def test_per_class_length_mismatch_raises(build) -> None:
     [
         (lambda: ConstantGamma(-1.0), "-1.0"),
         (lambda: ConstantGamma([1.0, -0.25]), "-0.25"),
-        (lambda: LinearWarmup(start=-0.5, steps=10), "-0.5"),
-        (lambda: CosineWarmup(end=[1.0, -2.0], steps=10), "-2.0"),
-        (lambda: ExponentialWarmup(start=-3, steps=10), "-3"),
+        (lambda: LinearRamp(start=-0.5, steps=10), "-0.5"),
+        (lambda: CosineRamp(end=[1.0, -2.0], steps=10), "-2.0"),
+        (lambda: ExponentialRamp(start=-3, steps=10), "-3"),
         (lambda: MultiStepGamma(values=[1.0, -0.75], milestones=[5]), "-0.75"),
         (lambda: ConstantGamma(float("nan")), "nan"),
         (lambda: ConstantGamma(float("inf")), "inf"),
@@ -307,11 +306,11 @@ def test_fraction_without_total_steps_raises(ramp: type) -> None:
 
 
 def test_schedules_without_fraction_accept_unknown_total_steps() -> None:
-    for schedule in (ConstantGamma(1.0), LinearWarmup(steps=5), MultiStepGamma([1.0], [])):
+    for schedule in (ConstantGamma(1.0), LinearRamp(steps=5), MultiStepGamma([1.0], [])):
         schedule.validate(None)
         schedule.validate(math.inf)
         schedule.validate(10)
-    assert LinearWarmup(start=0.0, end=2.0, steps=10)(5, total_steps=math.inf) == pytest.approx(1.0)
+    assert LinearRamp(start=0.0, end=2.0, steps=10)(5, total_steps=math.inf) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("total_steps", [0, -5, 2.5, True])
@@ -319,7 +318,7 @@ def test_bad_total_steps_raises(total_steps) -> None:
     with pytest.raises(ValueError, match="total_steps"):
         ConstantGamma(1.0).validate(total_steps)
     with pytest.raises(ValueError, match="total_steps"):
-        LinearWarmup(steps=3)(0, total_steps=total_steps)
+        LinearRamp(steps=3)(0, total_steps=total_steps)
 
 
 @pytest.mark.parametrize(
@@ -340,24 +339,24 @@ def test_bad_ramp_lengths_raise(ramp: type, kwargs: dict, message: str) -> None:
 
 
 def test_fraction_of_one_is_allowed() -> None:
-    assert LinearWarmup(start=0.0, end=1.0, fraction=1.0)(5, total_steps=10) == pytest.approx(0.5)
+    assert LinearRamp(start=0.0, end=1.0, fraction=1.0)(5, total_steps=10) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 2.5}, {"steps": 10, "delay": 1.0}, {"steps": True}])
 def test_non_integer_lengths_raise(kwargs: dict) -> None:
     with pytest.raises(TypeError, match="must be an int"):
-        LinearWarmup(**kwargs)
+        LinearRamp(**kwargs)
 
 
 @pytest.mark.parametrize("rate", [0.0, -1.0, math.inf])
 def test_bad_exponential_rate_raises(rate: float) -> None:
     with pytest.raises(ValueError, match="`rate` must be a finite float > 0"):
-        ExponentialWarmup(steps=10, rate=rate)
+        ExponentialRamp(steps=10, rate=rate)
 
 
 def test_negative_step_raises() -> None:
     with pytest.raises(ValueError, match="`step` must be >= 0"):
-        LinearWarmup(steps=10)(-1)
+        LinearRamp(steps=10)(-1)
     with pytest.raises(ValueError, match="`step` must be >= 0"):
         SequentialGamma([ConstantGamma(1.0), ConstantGamma(2.0)], [3])(-1)
 
@@ -394,11 +393,97 @@ def test_sequential_rejects_non_schedules() -> None:
         SequentialGamma([ConstantGamma(1.0), 2.0], [5])
 
 
-def test_schedules_are_immutable() -> None:
-    schedule = LinearWarmup(steps=10)
-    with pytest.raises(AttributeError, match="immutable"):
+def test_schedules_are_frozen_dataclasses() -> None:
+    schedule = LinearRamp(start=0.0, end=[1.0, 2.0], steps=10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.end = 5.0
-    assert schedule(10) == 2.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        schedule.num_classes = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del schedule.steps
+    assert schedule(10) == [1.0, 2.0]
+    # Per-class values are held as tuples, so they cannot be changed in place either.
+    assert schedule.end == (1.0, 2.0)
+    with pytest.raises(TypeError):
+        schedule.end[0] = 5.0  # type: ignore[index]
+    assert dataclasses.is_dataclass(schedule)
+    assert [f.name for f in dataclasses.fields(schedule)] == [
+        "start",
+        "end",
+        "steps",
+        "fraction",
+        "delay",
+    ]
+
+
+def test_schedules_compare_and_hash_by_value() -> None:
+    for build in (
+        lambda: ConstantGamma([1, 2]),
+        lambda: ExponentialRamp(start=0, end=[1.0, 2.0], fraction=0.5, delay=3, rate=2),
+        lambda: MultiStepGamma(values=[0.0, [1.0, 2.0]], milestones=[4]),
+        lambda: SequentialGamma([ConstantGamma(1.0), LinearRamp(steps=5)], milestones=[2]),
+    ):
+        assert build() == build()
+        assert hash(build()) == hash(build())
+        assert len({build(), build()}) == 1
+    # Normalised values compare equal whatever plain type they were given as.
+    assert LinearRamp(start=0, end=(1, 2), steps=10) == LinearRamp(0.0, [1.0, 2.0], steps=10)
+    assert LinearRamp(steps=10) != CosineRamp(steps=10)
+    assert LinearRamp(steps=10) != LinearRamp(steps=11)
+    assert repr(LinearRamp(steps=10)) == (
+        "LinearRamp(start=0.0, end=2.0, steps=10, fraction=None, delay=0)"
+    )
+    # replace() goes through the same checks as the constructor.
+    assert dataclasses.replace(LinearRamp(steps=10), delay=5).span() == 15
+    with pytest.raises(ValueError, match="`delay` must be >= 0"):
+        dataclasses.replace(LinearRamp(steps=10), delay=-1)
+
+
+# span: the step from which γ holds its final value.
+
+
+@pytest.mark.parametrize("ramp", RAMPS)
+def test_ramp_span_is_delay_plus_length(ramp: type) -> None:
+    schedule = ramp(start=0.5, end=3.0, steps=40, delay=7)
+    assert schedule.span() == schedule.span(total_steps=10) == 47
+    assert schedule(46) != 3.0
+    assert schedule(47) == 3.0
+    by_fraction = ramp(start=0.5, end=3.0, fraction=0.1, delay=7)
+    assert by_fraction.span(total_steps=500) == 57
+    assert by_fraction(56, total_steps=500) != 3.0
+    assert by_fraction(57, total_steps=500) == 3.0
+    # A fraction of an unknown run has no span yet.
+    assert by_fraction.span() is None
+    assert by_fraction.span(total_steps=math.inf) is None
+
+
+def test_constant_and_multistep_span() -> None:
+    assert ConstantGamma(1.0).span() == 0
+    assert ConstantGamma([1.0, 2.0]).span(total_steps=100) == 0
+    assert MultiStepGamma(values=[0.0, 1.0, 2.0], milestones=[10, 20]).span() == 20
+    assert MultiStepGamma(values=[4.0], milestones=[]).span() == 0
+
+
+def test_sequential_span_is_the_last_milestone_plus_the_last_piece() -> None:
+    ramp_hold_anneal = SequentialGamma(
+        [LinearRamp(steps=100), ConstantGamma(2.0), CosineRamp(2.0, 1.0, steps=200)],
+        milestones=[100, 500],
+    )
+    assert ramp_hold_anneal.span() == 700
+    assert ramp_hold_anneal(699) != 1.0
+    assert ramp_hold_anneal(700) == 1.0
+    # The first piece's 1000-step ramp is cut off at its milestone; the hold ends the schedule.
+    cut = SequentialGamma([LinearRamp(steps=1000), ConstantGamma(2.0)], milestones=[50])
+    assert cut.span() == 50
+    assert cut(49) != 2.0
+    assert cut(50) == 2.0
+    # A last piece given as a fraction of the run is offset by the milestone, or unknown.
+    by_fraction = SequentialGamma([ConstantGamma(0.0), LinearRamp(fraction=0.1)], [30])
+    assert by_fraction.span(total_steps=1000) == 130
+    assert by_fraction.span() is None
+    nested = SequentialGamma([ConstantGamma(0.0), cut], milestones=[10])
+    assert nested.span() == 60
+    assert SequentialGamma([MultiStepGamma([1.0, 2.0], [5])], milestones=[]).span() == 5
 
 
 # Purity: the value depends on the step alone.
@@ -407,12 +492,12 @@ def test_schedules_are_immutable() -> None:
 def _all_kinds() -> list[GammaSchedule]:
     return [
         ConstantGamma([1.0, 2.0]),
-        LinearWarmup(start=0.0, end=2.0, steps=50, delay=5),
-        CosineWarmup(start=[0.0, 1.0], end=2.0, fraction=0.3),
-        ExponentialWarmup(start=3.0, end=1.0, steps=40, rate=2.0),
+        LinearRamp(start=0.0, end=2.0, steps=50, delay=5),
+        CosineRamp(start=[0.0, 1.0], end=2.0, fraction=0.3),
+        ExponentialRamp(start=3.0, end=1.0, steps=40, rate=2.0),
         MultiStepGamma(values=[0.0, 1.0, 2.0], milestones=[10, 60]),
         SequentialGamma(
-            [LinearWarmup(steps=20), ConstantGamma(2.0), CosineWarmup(2.0, 1.0, steps=30)],
+            [LinearRamp(steps=20), ConstantGamma(2.0), CosineRamp(2.0, 1.0, steps=30)],
             milestones=[20, 70],
         ),
     ]
@@ -431,6 +516,15 @@ def test_value_is_independent_of_call_order(schedule: GammaSchedule) -> None:
     twin = pickle.loads(pickle.dumps(schedule))
     assert twin == schedule
     assert {step: twin(step, total_steps=100) for step in shuffled} == forward
+
+
+@pytest.mark.parametrize("schedule", _all_kinds(), ids=lambda s: type(s).__name__)
+def test_value_changes_last_at_the_span(schedule: GammaSchedule) -> None:
+    span = schedule.span(total_steps=100)
+    final = schedule(span, total_steps=100)
+    assert all(schedule(step, total_steps=100) == final for step in range(span, span + 200))
+    if span > 0:
+        assert schedule(span - 1, total_steps=100) != final
 
 
 gammas = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
@@ -479,30 +573,7 @@ def test_multistep_value_is_the_segment_value(
     assert schedule(step) == values[segment]
 
 
-# Factory and construction from configs.
-
-
-@pytest.mark.parametrize(
-    ("name", "cls", "kwargs"),
-    [
-        ("constant", ConstantGamma, {"gamma": 1.0}),
-        ("linear", LinearWarmup, {"steps": 10}),
-        ("cosine", CosineWarmup, {"steps": 10}),
-        ("exponential", ExponentialWarmup, {"steps": 10, "rate": 3.0}),
-        ("multistep", MultiStepGamma, {"values": [1.0, 2.0], "milestones": [3]}),
-    ],
-)
-def test_build_schedule(name: str, cls: type, kwargs: dict) -> None:
-    schedule = build_schedule(name, **kwargs)
-    assert type(schedule) is cls
-    assert schedule == cls(**kwargs)
-
-
-def test_build_schedule_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="unknown γ schedule 'step'") as error:
-        build_schedule("step")
-    for name in ("constant", "linear", "cosine", "exponential", "multistep"):
-        assert name in str(error.value)
+# Construction from configs.
 
 
 def test_build_from_jsonargparse_class_path() -> None:
@@ -512,14 +583,14 @@ def test_build_from_jsonargparse_class_path() -> None:
     config = parser.parse_object(
         {
             "gamma_schedule": {
-                "class_path": "lightning_focal.schedules.LinearWarmup",
+                "class_path": "lightning_focal.schedules.LinearRamp",
                 "init_args": {"start": 0.0, "end": [1.0, 2.0], "fraction": 0.1, "delay": 5},
             }
         }
     )
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     schedule = instantiate(config).gamma_schedule
-    assert schedule == LinearWarmup(start=0.0, end=[1.0, 2.0], fraction=0.1, delay=5)
+    assert schedule == LinearRamp(start=0.0, end=[1.0, 2.0], fraction=0.1, delay=5)
     assert schedule(55, total_steps=1000) == pytest.approx([0.5, 1.0])
 
 
@@ -531,14 +602,18 @@ def test_build_from_hydra_target() -> None:
     node = OmegaConf.create(
         {
             "_target_": "lightning_focal.schedules.SequentialGamma",
+            # Hydra turns dataclass instances inside a ListConfig into DictConfig (hydra#2504);
+            # "partial" hands the pieces over in a plain list.
+            "_convert_": "partial",
             "schedules": [
-                {"_target_": "lightning_focal.schedules.LinearWarmup", "steps": 10},
+                {"_target_": "lightning_focal.schedules.LinearRamp", "steps": 10},
                 {"_target_": "lightning_focal.schedules.ConstantGamma", "gamma": [1.0, 3.0]},
             ],
             "milestones": [10],
         }
     )
     schedule = instantiate(node)
+    assert schedule == SequentialGamma([LinearRamp(steps=10), ConstantGamma([1.0, 3.0])], [10])
     assert schedule(5) == pytest.approx([1.0, 1.0])
     assert schedule(10) == [1.0, 3.0]
 
@@ -546,4 +621,4 @@ def test_build_from_hydra_target() -> None:
 def test_schedules_use_the_losses_gamma_parser() -> None:
     # one γ parser for schedules, policies and losses: the same message everywhere
     with pytest.raises(ValueError, match="`end` must be a finite γ >= 0"):
-        LinearWarmup(start=0.0, end=-1.0, steps=10)
+        LinearRamp(start=0.0, end=-1.0, steps=10)

@@ -93,7 +93,7 @@ def test_experiments_select_their_loss_and_schedule():
     cfg = compose_with("experiment=imbalance_focal_cb_warmup")
     assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced.method == "effective_number"
     assert (
-        cfg.schedule._target_.endswith("LinearWarmup")
+        cfg.schedule._target_.endswith("LinearRamp")
         and cfg.task_name == "imbalance_focal_cb_warmup"
     )
 
@@ -145,7 +145,7 @@ def test_default_config_is_the_documented_job():
     assert cfg.data._target_.endswith("DigitsLTDataModule") and cfg.data.imbalance_ratio == 100.0
     assert cfg.model.model_name == "test_resnet" and cfg.model.pretrained is False
     assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced is not None
-    assert cfg.schedule._target_.endswith("LinearWarmup")
+    assert cfg.schedule._target_.endswith("LinearRamp")
     assert list(cfg.logger) == ["csv"]
 
 

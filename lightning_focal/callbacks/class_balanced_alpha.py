@@ -13,43 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
+from ..data.class_counts import counts_from_targets
 from ..losses import FocalLossBase
 from ..losses.class_weights import METHODS, class_balanced_weights
 from ._common import require_focal_losses
 
-__all__ = ["ClassBalancedAlpha", "count_batch_targets"]
-
-
-def count_batch_targets(target: Any, num_classes: int, ignore_index: int = -100) -> Tensor:
-    """Per-class counts of one batch's targets.
-
-    Class indices of any shape (``ignore_index`` and other out-of-range values skipped),
-    multi-hot ``(N, C)`` float targets (positives per class), or a list of detection target
-    dicts with ``"labels"``.
-
-    Example:
-        >>> import torch
-        >>> count_batch_targets(torch.tensor([0, 2, 2, -100]), 3)
-        tensor([1, 0, 2])
-        >>> count_batch_targets([{"labels": torch.tensor([1, 1])}, {"labels": torch.tensor([0])}], 2)
-        tensor([1, 2])
-    """
-    if isinstance(target, (list, tuple)) and target and isinstance(target[0], dict):
-        labels = [t["labels"].reshape(-1) for t in target]
-        target = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    if not isinstance(target, Tensor):
-        target = torch.as_tensor(target)
-    target = target.detach().cpu()
-    if target.is_floating_point():
-        if target.dim() < 2 or target.shape[-1] != num_classes:
-            raise ValueError(
-                f"float targets must be multi-hot with {num_classes} classes last, got shape "
-                f"{tuple(target.shape)}"
-            )
-        return (target.reshape(-1, num_classes) > 0.5).sum(dim=0).to(torch.int64)
-    flat = target.reshape(-1).long()
-    flat = flat[(flat >= 0) & (flat < num_classes) & (flat != ignore_index)]
-    return torch.bincount(flat, minlength=num_classes)
+__all__ = ["ClassBalancedAlpha"]
 
 
 def _num_classes(
@@ -148,7 +117,7 @@ class ClassBalancedAlpha(Callback):
                     f"ClassBalancedAlpha: cannot read the target at target_index="
                     f"{self.target_index!r} of a training batch ({type(batch).__name__})"
                 ) from err
-            counts += count_batch_targets(target, num_classes, self.ignore_index)
+            counts += counts_from_targets(target, num_classes, ignore_index=self.ignore_index)
         return counts
 
     def compute_counts(
@@ -164,7 +133,7 @@ class ClassBalancedAlpha(Callback):
                 and not values.is_floating_point()
             ):
                 return values.long()
-            return count_batch_targets(values, num_classes, self.ignore_index)
+            return counts_from_targets(values, num_classes, ignore_index=self.ignore_index)
         self.source = "one pass over the training dataloader"
         local = self._pass_counts(trainer, num_classes).to(pl_module.device)
         total = trainer.strategy.reduce(local, reduce_op="sum")

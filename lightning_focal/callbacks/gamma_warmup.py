@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from ..schedules import GammaSchedule
@@ -22,7 +23,9 @@ class GammaWarmup(Callback):
     computes the same value without communication, and a run resumed from a mid-warmup
     checkpoint sees exactly the values an uninterrupted run sees. It is written in place
     into the loss buffers in ``on_train_batch_start``, so a compiled model does not
-    recompile.
+    recompile. The callback keeps no state of its own. At the start of training it warns when
+    the run ends before the schedule's :meth:`~lightning_focal.schedules.GammaSchedule.span`,
+    that is, before γ reaches its final value.
 
     Args:
         schedule: a :class:`~lightning_focal.schedules.GammaSchedule`.
@@ -34,9 +37,9 @@ class GammaWarmup(Callback):
 
     Example:
         >>> from lightning_focal.callbacks import GammaWarmup
-        >>> from lightning_focal.schedules import LinearWarmup
-        >>> GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=100))
-        GammaWarmup(schedule=LinearWarmup(...), interval='step')
+        >>> from lightning_focal.schedules import LinearRamp
+        >>> GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=100))
+        GammaWarmup(schedule=LinearRamp(...), interval='step')
     """
 
     def __init__(self, schedule: GammaSchedule, interval: str = "step", log: bool = True) -> None:
@@ -49,17 +52,17 @@ class GammaWarmup(Callback):
         self.schedule = schedule
         self.interval = interval
         self.log = log
-        self.last_step: int = -1
-        self.last_gamma: float | list[float] | None = None
         self._losses: list = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r})"
 
-    def _progress(self, trainer: pl.Trainer) -> tuple[int, int | float | None]:
+    def _progress(self, trainer: pl.Trainer) -> tuple[int, int | None]:
         if self.interval == "step":
+            # min(max_steps, epochs x optimiser steps per epoch); inf, or max_steps=-1 for an
+            # iterable dataset, when the run's length is unknown
             total = trainer.estimated_stepping_batches
-            return trainer.global_step, (total if total != float("inf") else None)
+            return trainer.global_step, (int(total) if 0 < total < float("inf") else None)
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         return trainer.current_epoch, max_epochs
 
@@ -87,29 +90,26 @@ class GammaWarmup(Callback):
             self.schedule.validate(total)
         except ValueError as err:
             raise MisconfigurationException(f"GammaWarmup: invalid schedule: {err}") from err
+        span = self.schedule.span(total)
+        if total is not None and span is not None and span >= total:
+            # the last batch runs at total - 1: γ would reach its final value only after the run
+            unit, limit = (
+                ("step", "max_steps") if self.interval == "step" else ("epoch", "max_epochs")
+            )
+            rank_zero_warn(
+                f"GammaWarmup: {self.schedule!r} reaches its final γ at {unit} {span}, but the run "
+                f"has {total} {unit}s (0 to {total - 1}), so γ never gets there. Shorten the "
+                "schedule (`schedule.steps`, `schedule.fraction`, `schedule.delay` or "
+                f"`schedule.milestones`) or lengthen the run (`trainer.{limit}`)."
+            )
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step, _ = self._progress(trainer)
         gamma = self.gamma_at(trainer)
         for loss in self._losses:
             loss.gamma = gamma
-        self.last_step, self.last_gamma = step, gamma
         if self.log:
             value = sum(gamma) / len(gamma) if isinstance(gamma, list) else gamma
             pl_module.log("focal/gamma", float(value), on_step=True, on_epoch=False, batch_size=1)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "last_step": self.last_step,
-            "last_gamma": self.last_gamma,
-            "interval": self.interval,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_step = int(state_dict.get("last_step", -1))
-        self.last_gamma = state_dict.get("last_gamma")

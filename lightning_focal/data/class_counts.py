@@ -7,7 +7,7 @@ A datamodule that implements :class:`ClassCountsProvider` lets a callback such a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -50,16 +50,25 @@ class ClassCountsProvider(Protocol):
         ...
 
 
-def counts_from_targets(targets: Sequence[int] | Tensor, num_classes: int) -> Tensor:
-    """Count the samples of each class.
+def counts_from_targets(
+    targets: Sequence[int] | Tensor | Sequence[Mapping[str, Tensor]],
+    num_classes: int,
+    *,
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Count the samples (or positives) of each class: of a dataset or of one batch.
 
-    ``targets`` of shape ``(N,)`` are class indices and are counted with ``bincount``
-    (classes that never occur get 0). A 2-D ``(N, C)`` multi-hot tensor is read as
-    multi-label targets and gives the positives per class (entries > 0 count as positive).
+    - Class indices: ``(N,)``, or of any shape when ``ignore_index`` is given (a batch of
+      segmentation targets, say); entries equal to ``ignore_index`` are skipped, any other
+      index outside ``[0, num_classes)`` is an error.
+    - Multi-hot: a float ``(..., C)`` tensor (entries > 0.5 count), or an integer ``(N, C)``
+      one when ``ignore_index`` is not given (entries > 0 count): positives per class.
+    - Detection targets: a list of dicts with ``"labels"``.
 
     Args:
-        targets: class indices ``(N,)`` in ``[0, num_classes)``, or multi-hot ``(N, C)``.
+        targets: as above.
         num_classes: number of classes ``C``, at least 1.
+        ignore_index: class index that is not counted.
 
     Returns:
         An int64 tensor of shape ``(num_classes,)``.
@@ -74,30 +83,40 @@ def counts_from_targets(targets: Sequence[int] | Tensor, num_classes: int) -> Te
         tensor([1, 1, 3, 0])
         >>> counts_from_targets(torch.tensor([[1, 0, 1], [0, 0, 1]]), num_classes=3)
         tensor([1, 0, 2])
+        >>> counts_from_targets(torch.tensor([0, 2, 2, -100]), 3, ignore_index=-100)
+        tensor([1, 0, 2])
+        >>> counts_from_targets([{"labels": torch.tensor([1, 1])}, {"labels": torch.tensor([0])}], 2)
+        tensor([1, 2])
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    targets_t = torch.as_tensor(targets)
-    if targets_t.ndim == 2:
-        if targets_t.shape[1] != num_classes:
+    if isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], Mapping):
+        targets = torch.cat([t["labels"].reshape(-1) for t in targets])
+    targets_t = torch.as_tensor(targets).detach().cpu()
+    multi_hot = targets_t.is_floating_point() or (
+        ignore_index is None and targets_t.ndim == 2 and not targets_t.is_complex()
+    )
+    if multi_hot:
+        if targets_t.ndim < 2 or targets_t.shape[-1] != num_classes:
             raise ValueError(
                 f"multi-hot targets of shape {tuple(targets_t.shape)} do not have "
-                f"num_classes={num_classes} columns"
+                f"num_classes={num_classes} classes on the last dimension"
             )
-        return (targets_t > 0).sum(dim=0).to(torch.int64)
-    if targets_t.ndim != 1:
+        threshold = 0.5 if targets_t.is_floating_point() else 0
+        return (targets_t.reshape(-1, num_classes) > threshold).sum(dim=0).to(torch.int64)
+    if targets_t.ndim != 1 and ignore_index is None:
         raise ValueError(
             f"targets must be class indices (N,) or multi-hot (N, C), got shape "
             f"{tuple(targets_t.shape)}"
         )
-    if targets_t.numel() == 0:
-        return torch.zeros(num_classes, dtype=torch.int64)
-    if targets_t.is_floating_point() or targets_t.is_complex():
+    if targets_t.is_complex():
         raise ValueError(f"class-index targets must be integers, got dtype {targets_t.dtype}")
-    targets_t = targets_t.to(torch.int64)
-    if targets_t.numel() and (targets_t.min() < 0 or targets_t.max() >= num_classes):
+    flat = targets_t.reshape(-1).to(torch.int64)
+    if ignore_index is not None:
+        flat = flat[flat != ignore_index]
+    if flat.numel() and (flat.min() < 0 or flat.max() >= num_classes):
         raise ValueError(
             f"targets must lie in [0, {num_classes}), got values in "
-            f"[{int(targets_t.min())}, {int(targets_t.max())}]"
+            f"[{int(flat.min())}, {int(flat.max())}]"
         )
-    return torch.bincount(targets_t, minlength=num_classes)
+    return torch.bincount(flat, minlength=num_classes)

@@ -9,7 +9,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_focal.callbacks import CalibrationGamma, GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 
 def test_rule_is_bounded_with_dead_band():
@@ -78,7 +78,7 @@ def test_gamma_moves_by_the_rule_and_ece_matches_torchmetrics(tmp_path):
 
 def test_refuses_to_share_gamma_with_warmup(tmp_path):
     trainer = fast_trainer(
-        tmp_path, max_steps=1, callbacks=[CalibrationGamma(), GammaWarmup(LinearWarmup(steps=2))]
+        tmp_path, max_steps=1, callbacks=[CalibrationGamma(), GammaWarmup(LinearRamp(steps=2))]
     )
     with pytest.raises(MisconfigurationException, match="both set γ"):
         trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule())

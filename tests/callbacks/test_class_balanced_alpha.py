@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_focal.callbacks import ClassBalancedAlpha
-from lightning_focal.callbacks.class_balanced_alpha import count_batch_targets
+from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
 
 COUNTS = (96, 24, 8)
@@ -104,11 +104,17 @@ def test_alpha_kept_in_checkpoint_and_not_recounted(tmp_path):
     assert model.focal_loss.alpha.tolist() == pytest.approx(hand_effective_number(COUNTS, 0.9))
 
 
-def test_count_batch_targets_kinds():
-    assert count_batch_targets(torch.tensor([[0, 1], [1, -100]]), 3).tolist() == [1, 2, 0]
-    assert count_batch_targets(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 2).tolist() == [2, 1]
+def test_batch_target_kinds_are_counted():
+    assert counts_from_targets(
+        torch.tensor([[0, 1], [1, -100]]), 3, ignore_index=-100
+    ).tolist() == [1, 2, 0]
+    assert counts_from_targets(
+        torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 2, ignore_index=-100
+    ).tolist() == [2, 1]
     with pytest.raises(ValueError, match="multi-hot"):
-        count_batch_targets(torch.tensor([0.5, 0.2]), 3)
+        counts_from_targets(torch.tensor([0.5, 0.2]), 3, ignore_index=-100)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):  # no longer skipped silently
+        counts_from_targets(torch.tensor([0, 7]), 3, ignore_index=-100)
 
 
 def test_bad_arguments(tmp_path):

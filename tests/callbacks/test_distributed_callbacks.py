@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 COUNTS = (96, 24, 8)
 
@@ -33,7 +33,7 @@ class RankSpread(Callback):
 
 def run(tmp_path, strategy, devices):
     callbacks = [
-        GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=10)),
+        GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=10)),
         # No class_counts() hook: the counts come from one pass, summed across ranks.
         ClassBalancedAlpha(method="inverse"),
         RankSpread(),

@@ -30,7 +30,7 @@ trainer:
     - class_path: lightning_focal.callbacks.GammaWarmup
       init_args:
         schedule:
-          class_path: lightning_focal.schedules.LinearWarmup
+          class_path: lightning_focal.schedules.LinearRamp
           init_args: {{start: 0.0, end: 2.0, steps: 8}}
     - class_path: lightning_focal.callbacks.ClassBalancedAlpha
       init_args: {{method: inverse}}

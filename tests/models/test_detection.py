@@ -31,7 +31,7 @@ from lightning_focal.models import (
     TimmFPNBackbone,
 )
 from lightning_focal.plots_detection import DetectionSamples, draw_detections
-from lightning_focal.schedules import LinearWarmup
+from lightning_focal.schedules import LinearRamp
 
 CLASS_NAMES = ["red", "green", "blue"]
 
@@ -259,7 +259,7 @@ def test_fit_with_focal_callbacks(tmp_path, cls):
         limit_val_batches=2,
         logger=logger,
         callbacks=[
-            GammaWarmup(LinearWarmup(start=0.0, end=2.0, steps=2)),
+            GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=2)),
             ClassBalancedAlpha(),
             FocalBiasInit(prior=0.01),
             gamma_seen,
