@@ -93,14 +93,16 @@ def counts_from_targets(
     if isinstance(targets, (list, tuple)) and targets and isinstance(targets[0], Mapping):
         targets = torch.cat([t["labels"].reshape(-1) for t in targets])
     targets_t = torch.as_tensor(targets).detach().cpu()
-    multi_hot = targets_t.is_floating_point() or (
-        ignore_index is None and targets_t.ndim == 2 and not targets_t.is_complex()
+    if targets_t.numel() == 0:
+        return torch.zeros(num_classes, dtype=torch.int64)
+    multi_hot = targets_t.ndim >= 2 and (
+        targets_t.is_floating_point() or (ignore_index is None and targets_t.ndim == 2)
     )
     if multi_hot:
-        if targets_t.ndim < 2 or targets_t.shape[-1] != num_classes:
+        if targets_t.shape[-1] != num_classes or (ignore_index is None and targets_t.ndim != 2):
             raise ValueError(
                 f"multi-hot targets of shape {tuple(targets_t.shape)} do not have "
-                f"num_classes={num_classes} classes on the last dimension"
+                f"num_classes={num_classes} columns"
             )
         threshold = 0.5 if targets_t.is_floating_point() else 0
         return (targets_t.reshape(-1, num_classes) > threshold).sum(dim=0).to(torch.int64)
@@ -109,8 +111,11 @@ def counts_from_targets(
             f"targets must be class indices (N,) or multi-hot (N, C), got shape "
             f"{tuple(targets_t.shape)}"
         )
-    if targets_t.is_complex():
-        raise ValueError(f"class-index targets must be integers, got dtype {targets_t.dtype}")
+    if targets_t.is_floating_point() or targets_t.is_complex():
+        raise ValueError(
+            f"class-index targets must be integers (float targets must be multi-hot, classes "
+            f"last), got dtype {targets_t.dtype} and shape {tuple(targets_t.shape)}"
+        )
     flat = targets_t.reshape(-1).to(torch.int64)
     if ignore_index is not None:
         flat = flat[flat != ignore_index]

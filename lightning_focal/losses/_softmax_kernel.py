@@ -403,7 +403,8 @@ def _small_backward(state, eps: float, gint, scale) -> Tensor:
     if eps != 0.0:
         poly = p.mul_((g + 1.0) * m)
         u = u.add_(poly if valid is None else poly.mul_(valid), alpha=eps)
-    u = u.mul_(scale)
+    if not (isinstance(scale, float) and scale == 1.0):
+        u = u.mul_(scale)
     return logp_all.exp().mul_(u).scatter_add_(1, tgt, u.neg_())
 
 
@@ -525,6 +526,15 @@ class SoftmaxFocalFunction(torch.autograd.Function):
 
             return differentiable_grad(loss_fn, x, grad_out), *none
         # An all-ignored batch: the loss is 0/0 = NaN as in cross_entropy, whose gradient is 0.
+        if ctx.small is not None and grad_out.dim() == 0 and grad_out.device.type == "cpu":
+            # the usual scalar loss on the CPU: scale by a Python float, no tensor op
+            scale = float(grad_out)
+            if isinstance(denom, Tensor):
+                scale = 0.0 if float(denom) == 0 else scale / float(denom)
+            elif denom is not None:
+                scale /= denom
+            grad = _small_backward(ctx.small, eps, gint, scale)
+            return (grad if grad.dtype == x.dtype else grad.to(x.dtype)), *none
         scale = grad_out
         if isinstance(denom, Tensor):
             scale = torch.where(denom == 0, 0.0, grad_out / denom)
