@@ -77,9 +77,11 @@ def get_backend() -> str:
         >>> get_backend() in ("auto", "compile", "eager")
         True
     """
-    if _state["backend"] is not None:
-        return _state["backend"]
-    return _check(os.environ.get("LIGHTNING_FOCAL_BACKEND", "auto"))
+    backend = _state["backend"]
+    if backend is not None:
+        return backend
+    mode = os.environ.get("LIGHTNING_FOCAL_BACKEND")
+    return "auto" if mode is None else _check(mode)
 
 
 def set_backend(mode: str | None) -> None:
@@ -119,11 +121,22 @@ class Kernel:
         if numel >= COMPILE_MIN_NUMEL:
             self.eager_elements += numel
 
-    def __call__(self, numel: int, *args: Any, eager: Callable[[], Any] | None = None) -> Any:
-        """Run on ``args``; ``eager`` (if given) replaces ``fn(*args)`` when not compiled."""
+    def __call__(
+        self,
+        numel: int,
+        *args: Any,
+        eager: Callable[[], Any] | None = None,
+        compiled: bool | None = None,
+    ) -> Any:
+        """Run on ``args``; ``eager`` (if given) replaces ``fn(*args)`` when not compiled.
+
+        ``compiled`` overrides the choice (a backward kernel follows its forward's)."""
         run_eager = eager if eager is not None else lambda: self.fn(*args)
-        if not self.compiles(numel):
-            self.note_eager(numel)
+        if compiled is None:
+            compiled = self.compiles(numel)
+            if not compiled:
+                self.note_eager(numel)
+        if not compiled or self.name in _state["broken"] or torch.compiler.is_compiling():
             return run_eager()
         if self._compiled is None:
             self._compiled = torch.compile(

@@ -323,7 +323,8 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
         lo, hi = torch.aminmax(torch.where(target == ignore_index, 0, target))
         _fail_unless((lo >= 0) & (hi < num_classes), f"target holds a class index {message}")
         return True
-    lo, hi = (int(v) for v in torch.aminmax(target))
+    lo, hi = torch.aminmax(target)
+    lo, hi = lo.item(), hi.item()
     if lo >= 0 and hi < num_classes:
         return lo <= ignore_index <= hi
     if not 0 <= ignore_index < num_classes:  # the values outside may be ignore_index

@@ -13,10 +13,13 @@ cross_entropy forms it: x_c - x_max rounds relative to itself and the log-sum li
 rounding of the logsumexp, eps·|x| (~1e-3 at |x| = 1e4). The forward saves the per-sample
 pair (x_max, log-sum) for backward, where p = exp((x - x_max) - log-sum).
 
-The fast path (class-index targets, no label smoothing) needs only ℓ of the target class:
-the forward is one logsumexp pass; the backward computes the per-sample s = ∂L/∂ℓ_y (a
-sample-sized kernel), then one pass over the logits that writes s·(onehot - softmax). A
-scalar integer γ in 0..4 held on the CPU takes the product form of (1-p)^γ (see
+The fast path (class-index targets, no label smoothing) needs only ℓ of the target class.
+Compiled, the forward is one logsumexp pass; the backward computes the per-sample
+s = ∂L/∂ℓ_y (a sample-sized kernel), then one pass over the logits that writes
+s·(onehot - softmax). Eagerly (small inputs, short runs) it is ATen's log_softmax and a
+gather, the rest on one value per sample, and the backward one exp of the saved
+log-probabilities and a scatter: a few ATen calls each way, where host time per call
+rules. A scalar integer γ in 0..4 held on the CPU takes the product form of (1-p)^γ (see
 ``static_gamma``).
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._backend import EAGER_CHUNK, Kernel, eager_chunk, exp_nonpos, use_fast_math
+from ._backend import Kernel, eager_chunk, exp_nonpos, use_fast_math
 from ._common import Policy, compute_dtype, differentiable_grad, policy_gamma, static_gamma
 
 
@@ -416,10 +419,10 @@ def _tensor_or_none(v):
 
 
 class SoftmaxFocalFunction(torch.autograd.Function):
-    """Saves the inputs and the per-sample max and log-sum; no full-size intermediates
-    (inputs of one eager chunk or less keep their log-probabilities instead: host time
-    rules there). Under ``create_graph=True`` the backward differentiates the composite
-    loss, so second-order gradients are exact."""
+    """Compiled, saves the inputs and the per-sample max and log-sum (no full-size
+    intermediates); eagerly (class-index targets) it keeps the log-probabilities, as
+    ``cross_entropy`` does. Under ``create_graph=True`` the backward differentiates the
+    composite loss, so second-order gradients are exact."""
 
     @staticmethod
     def forward(ctx, x, target, alpha, gamma, denom, config):  # type: ignore[override]
@@ -432,17 +435,21 @@ class SoftmaxFocalFunction(torch.autograd.Function):
         ctx.denom = denom
         ctx.small = None
         numel = x.numel()
-        if fast and numel <= EAGER_CHUNK and not fast_loss_kernel.compiles(numel):
+        if fast and not fast_loss_kernel.compiles(numel):
+            fast_loss_kernel.note_eager(numel)
             m, state = _small_forward(
                 x, target, alpha, gamma, eps, policy, ignore_index, masked, gint
             )
             if reduce and state[7] is None and eps == 0.0 and isinstance(m, Tensor):
-                # the sum as one dot product, the sign and the mean's division as one scale
-                out = torch.dot(state[2].reshape(-1), m.reshape(-1))
-                if isinstance(denom, float):
-                    out = out.mul_(-1.0 / denom)
+                # the mean over every sample (nothing ignored, no α) is torch.mean: no
+                # Python-scalar op, which costs a tensor wrap on these tiny tensors
+                out = state[2] * m
+                if denom is None:
+                    out = out.sum().neg_()
+                elif isinstance(denom, float) and denom == out.numel():
+                    out = out.mean().neg_()
                 else:
-                    out = out.neg_() if denom is None else out.neg_() / denom
+                    out = out.sum().neg_() / denom
             else:
                 out = _small_loss(m, state, eps)
                 out = out.sum() if reduce else out.squeeze(1)
@@ -453,29 +460,20 @@ class SoftmaxFocalFunction(torch.autograd.Function):
             return out
         if denom is not None and not isinstance(denom, Tensor):
             denom = torch.full((), denom, dtype=compute_dtype(x.dtype), device=x.device)
+        ctx.denom = denom
         original_target = target
-        kernel = fast_loss_kernel if fast else general_loss_kernel
-        if is_index and x.device.type == "cpu" and kernel.compiles(x.numel()):
-            target = _float_index(target, ignore_index, x.shape[1])
-        if fast:
-
-            def run(xc, tc, red):
-                return _fast_loss(xc, tc, alpha, gamma, eps, policy, ignore_index, red, gint)
-
+        if fast:  # compiled: one logsumexp pass; the backward follows compiled
+            ctx.compiled = True
+            if is_index and x.device.type == "cpu":
+                target = _float_index(target, ignore_index, x.shape[1])
             out, shift, log_sum = fast_loss_kernel(
-                x.numel(),
-                x,
-                target,
-                alpha,
-                gamma,
-                eps,
-                policy,
-                ignore_index,
-                reduce,
-                gint,
-                eager=lambda: _eager_loss(x, target, reduce, run),
-            )
+                numel, x, target, alpha, gamma, eps, policy, ignore_index, reduce, gint,
+                compiled=True,
+            )  # fmt: skip
         else:
+            ctx.compiled = general_loss_kernel.compiles(numel)
+            if is_index and x.device.type == "cpu" and ctx.compiled:
+                target = _float_index(target, ignore_index, x.shape[1])
 
             def run(xc, tc, red):
                 return _general_loss(
@@ -483,27 +481,15 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                 )
 
             out, shift, log_sum = general_loss_kernel(
-                x.numel(),
-                x,
-                target,
-                is_index,
-                smoothing,
-                ignore_index,
-                alpha,
-                gamma,
-                eps,
-                policy,
-                reduce,
-                gint,
-                eager=lambda: _eager_loss(x, target, reduce, run),
-            )
+                numel, x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy,
+                reduce, gint, eager=lambda: _eager_loss(x, target, reduce, run),
+            )  # fmt: skip
         if denom is not None:
             out = out / denom
         ctx.kernel_target = target  # float class indices for compiled CPU kernels
         ctx.save_for_backward(
             x, original_target, alpha, gamma, shift, log_sum, _tensor_or_none(denom)
         )
-        ctx.denom = denom
         return out
 
     @staticmethod
@@ -545,56 +531,27 @@ class SoftmaxFocalFunction(torch.autograd.Function):
                 scale = scale.unsqueeze(1)
             return _small_backward(ctx.small, eps, gint, scale).to(x.dtype), *none
         target = ctx.kernel_target
-        if fast:
-
-            def run(xc, tc, mc, lc, sc):
-                sv = _fast_scale(xc, tc, alpha, gamma, eps, policy, ignore_index, mc, lc, sc, gint)
-                return _fast_apply(xc, tc, ignore_index, mc, lc, sv)
-
-            numel = x.numel()
+        numel = x.numel()
+        if fast:  # the forward ran compiled
             args = (x, target, alpha, gamma, eps, policy, ignore_index, shift, log_sum, scale, gint)
-            if x.device.type != "cpu" and fast_grad_kernel.compiles(numel):
-                grad = fast_grad_kernel(numel, *args)
-            elif fast_apply_kernel.compiles(numel):
-                s = fast_scale_kernel(numel, *args)
-                grad = fast_apply_kernel(numel, x, target, ignore_index, shift, log_sum, s)
+            if x.device.type != "cpu":
+                grad = fast_grad_kernel(numel, *args, compiled=True)
             else:
-                fast_apply_kernel.note_eager(numel)
-                grad = _eager_grad(x, target, shift, log_sum, scale, run)
-        else:
-
-            def run(xc, tc, mc, lc, sc):
-                return _general_grad(
-                    xc,
-                    tc,
-                    is_index,
-                    smoothing,
-                    ignore_index,
-                    alpha,
-                    gamma,
-                    eps,
-                    policy,
-                    mc,
-                    lc,
-                    sc,
-                    gint,
+                s = fast_scale_kernel(numel, *args, compiled=True)
+                grad = fast_apply_kernel(
+                    numel, x, target, ignore_index, shift, log_sum, s, compiled=True
                 )
+            return grad, None, None, None, None, None
 
-            grad = general_grad_kernel(
-                x.numel(),
-                x,
-                target,
-                is_index,
-                smoothing,
-                ignore_index,
-                alpha,
-                gamma,
-                eps,
-                policy,
-                shift,
-                log_sum,
-                scale,
+        def run(xc, tc, mc, lc, sc):
+            return _general_grad(
+                xc, tc, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, mc, lc, sc,
                 gint,
-                eager=lambda: _eager_grad(x, target, shift, log_sum, scale, run),
-            )
+            )  # fmt: skip
+
+        grad = general_grad_kernel(
+            numel, x, target, is_index, smoothing, ignore_index, alpha, gamma, eps, policy, shift,
+            log_sum, scale, gint, eager=lambda: _eager_grad(x, target, shift, log_sum, scale, run),
+            compiled=ctx.compiled,
+        )  # fmt: skip
         return grad, None, None, None, None, None
