@@ -14,8 +14,10 @@ implementation after the warm-up), and the tables report the time per call.
 
 "fwd" is the forward with logits that require grad (as in a training step, so it includes
 what autograd saves); "fwd+bwd" is the forward plus ``torch.autograd.grad``. The
-"default" row is what users get with no settings (backend "auto": eager below
-``COMPILE_MIN_NUMEL`` elements, compiled above); the "compiled" row forces
+"default" row is what users get with no settings in a long run (backend "auto": eager
+below ``COMPILE_MIN_NUMEL`` elements; above it eager until a kernel has run
+``COMPILE_AFTER_ELEMENTS`` elements in the process, compiled from then on: the rows show
+that steady state); the "compiled" row forces
 ``torch.compile`` and the "eager" row runs the same kernels without it. Compiled kernels are
 compiled and warmed up before timing (the compile is not timed; ``--startup`` measures it),
 afresh for each case, so that no case times a kernel recompiled with dynamic shapes.
@@ -61,7 +63,7 @@ from torch import Tensor
 
 import lightning_focal
 from lightning_focal.losses import set_backend, sigmoid_focal_loss, softmax_focal_loss
-from lightning_focal.losses._backend import COMPILE_MIN_NUMEL
+from lightning_focal.losses._backend import COMPILE_AFTER_ELEMENTS, COMPILE_MIN_NUMEL
 
 try:
     from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
@@ -531,9 +533,10 @@ def report(case: Case, markdown: bool, check: str) -> str:
     lines += table(head, rows, markdown)
     lines += [
         "",
-        f"lightning_focal {check}. The default backend runs {case.default_backend} "
-        f"at this size ({math.prod(case.shape)} elements; it compiles from "
-        f"{COMPILE_MIN_NUMEL}).",
+        f"lightning_focal {check}. In a long run the default backend runs "
+        f"{case.default_backend} at this size ({math.prod(case.shape)} elements; it compiles "
+        f"from {COMPILE_MIN_NUMEL} elements once a kernel has run {COMPILE_AFTER_ELEMENTS:.0e} "
+        "elements eagerly).",
         "",
     ]
     return "\n".join(lines)

@@ -12,8 +12,9 @@ eager work on one CPU core; a compile costs ~3-5 s with a warm inductor cache an
 cold). Short runs, tests and small batches therefore never compile, and the count is
 deterministic (no timing), so two runs of the same job take the same path at the same
 step. ``"compile"`` compiles from the first call; a failed compile falls back to eager
-for good. The first compile already treats the leading (batch) dimensions as dynamic, so
-a second batch size (an epoch's last batch, another image size) does not recompile.
+for good. The first compile is for the static shape it sees (measured: a kernel compiled
+with dynamic batch dims runs 18-35% slower at 1e6 elements); a second shape (an epoch's
+last batch) recompiles once, for dynamic shapes, as ``torch.compile`` does by default.
 
 Inside a compiled CPU float32 kernel, :func:`exp_nonpos` and :func:`log1p_unit` replace
 ``torch.exp`` and ``torch.log1p``: inductor calls SLEEF for those, an out-of-line call per
@@ -142,12 +143,6 @@ class Kernel:
             self._compiled = torch.compile(
                 self.fn, dynamic=None, fullgraph=True, options=_COMPILE_OPTIONS
             )
-        for arg in args:
-            if isinstance(arg, Tensor) and arg.dim() >= 2:
-                # batch (and anchor) dims dynamic from the first compile; the class dim stays
-                # static, so the inner loop keeps its fixed-width vector code
-                for dim in range(arg.dim() - 1):
-                    torch._dynamo.maybe_mark_dynamic(arg, dim)
         try:
             return self._compiled(*args)
         except Exception as err:
