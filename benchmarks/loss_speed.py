@@ -687,6 +687,43 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def summary(all_cases: list[Case], markdown: bool) -> str:
+    """Every case's fwd+bwd figures in one table: the default row against the reference,
+    the textbook formula, and (peak extra memory) the reference."""
+    head = [
+        "case",
+        "lightning_focal ms",
+        "compiled ms",
+        "eager ms",
+        "reference ms",
+        "vs reference",
+        "textbook ms",
+        "vs textbook",
+        "peak memory vs reference",
+    ]
+    rows = []
+    for case in all_cases:
+        by_name = {impl.name: impl for impl in case.impls}
+        textbook = next(n for n in by_name if n.startswith("textbook"))
+        t = {n: median_fwd_bwd(case, n) for n in by_name if by_name[n].backward}
+        lf, ref = by_name[DEFAULT_ROW], by_name[case.reference]
+        rows.append(
+            [
+                f"{case.loss} {case.shape}",
+                f"{t[DEFAULT_ROW]:.3g}",
+                f"{t['lightning_focal (compiled)']:.3g}",
+                f"{t['lightning_focal (eager)']:.3g}",
+                f"{t[case.reference]:.3g} ({case.reference.split(' (')[0]})",
+                f"{t[DEFAULT_ROW] / t[case.reference]:.2f}x",
+                f"{t[textbook]:.3g}",
+                f"{t[DEFAULT_ROW] / t[textbook]:.2f}x",
+                f"{lf.peak_fwd_bwd / ref.peak_fwd_bwd:.3f}" if ref.peak_fwd_bwd else "—",
+            ]
+        )
+    title = "### all cases: forward+backward, medians" if markdown else "== all cases"
+    return "\n".join([title, "", *table(head, rows, markdown), ""])
+
+
 def targets(all_cases: list[Case]) -> str:
     """The issues' targets for the cases that ran, judged on the default row's fwd+bwd."""
     lines = [f"Targets ({DEFAULT_ROW}, fwd+bwd medians):", ""]
@@ -843,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.startup or full_markdown_run:
         print(startup(device, args.threads, args.markdown), flush=True)
     if all_cases:
+        print(summary(all_cases, args.markdown))
         print(targets(all_cases))
     print()
     print(f"(benchmark wall time {time.perf_counter() - start:.0f} s)")
