@@ -72,14 +72,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _float_or_list(value: Any) -> float | list[float] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return [float(v) for v in value]
-
-
 class DenseDetector(FocalLossMixin, pl.LightningModule):
     """Shared Lightning logic of the dense detectors: the loss, logging, mAP and optimiser.
 
@@ -163,10 +155,9 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-        gamma_value, alpha_value = _float_or_list(gamma), _float_or_list(alpha)
         loss = DenseFocalLoss(
-            gamma_value,  # type: ignore[arg-type]
-            alpha_value,
+            _plain(gamma),
+            _plain(alpha),
             normalization=normalization,
             ema_momentum=ema_momentum,
             num_classes=num_classes,

@@ -85,3 +85,38 @@ def test_exp_nonpos_compiled_within_1_1_ulp() -> None:
 @pytest.mark.slow
 def test_log1p_unit_compiled_within_2_ulp() -> None:
     _check_log1p(torch.compile(log1p_unit, fullgraph=True, options=_COMPILE_OPTIONS))
+
+
+def test_auto_compiles_a_kernel_only_once_its_eager_work_would_pay_for_it(monkeypatch):
+    import lightning_focal.losses._backend as backend
+    from lightning_focal.losses import set_backend
+
+    monkeypatch.setattr(backend, "COMPILE_AFTER_ELEMENTS", 3 * backend.COMPILE_MIN_NUMEL)
+    kernel = backend.Kernel(lambda x: x * 2)
+    big = backend.COMPILE_MIN_NUMEL
+    set_backend("auto")
+    try:
+        for _ in range(3):
+            assert not kernel.compiles(big)
+            assert kernel(big, torch.ones(2)).tolist() == [2.0, 2.0]  # eager, counted
+        assert kernel.compiles(big)  # the count, not a clock: identical in every rerun
+        assert not kernel.compiles(big - 1)  # small inputs never compile
+        set_backend("eager")
+        assert not kernel.compiles(big)
+        set_backend("compile")
+        assert kernel.compiles(1)
+    finally:
+        set_backend(None)
+
+
+def test_eager_softmax_and_sigmoid_calls_count_towards_the_compile(monkeypatch):
+    from lightning_focal import sigmoid_focal_loss, softmax_focal_loss
+    from lightning_focal.losses import _sigmoid_kernel, _softmax_kernel
+
+    x = torch.randn(1024, 100, requires_grad=True)
+    before = _softmax_kernel.fast_loss_kernel.eager_elements
+    softmax_focal_loss(x, torch.randint(0, 100, (1024,))).backward()
+    assert _softmax_kernel.fast_loss_kernel.eager_elements == before + x.numel()
+    before = _sigmoid_kernel.loss_grad_kernel.eager_elements
+    sigmoid_focal_loss(x, torch.zeros(1024, 100), reduction="sum").backward()
+    assert _sigmoid_kernel.loss_grad_kernel.eager_elements == before + x.numel()
