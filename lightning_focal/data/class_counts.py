@@ -45,7 +45,9 @@ class ClassCountsProvider(Protocol):
 
         Returns:
             An int64 tensor of shape ``(C,)``: samples per class for single-label data,
-            positives per class for multi-label or detection data.
+            positives per class for multi-label or detection data. A module with several
+            focal losses of different class counts takes a dict ``{loss name: counts}``
+            (names as ``find_focal_losses`` gives them) instead.
         """
         ...
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from _trainer_utils import fast_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from lightning_focal import SigmoidFocalLoss, SoftmaxFocalLoss
 from lightning_focal.callbacks import ClassBalancedAlpha
 from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
@@ -31,7 +33,7 @@ def test_alpha_from_datamodule_hook_matches_hand_computation(tmp_path):
     model, trainer = fit(tmp_path, callback)
     expected = hand_effective_number(COUNTS, 0.99)
     assert callback.source == "datamodule.class_counts()"
-    assert callback.counts == list(COUNTS)
+    assert callback.counts == {"focal_loss": list(COUNTS)}
     assert model.focal_loss.alpha.tolist() == pytest.approx(expected, rel=1e-6)
     for c, value in enumerate(expected):
         assert float(trainer.callback_metrics[f"focal/alpha/{c}"]) == pytest.approx(value, rel=1e-6)
@@ -67,7 +69,7 @@ def test_targets_attribute_of_the_dataset(tmp_path):
     trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[callback])
     trainer.fit(model, train_dataloaders=DataLoader(TargetsDataset((30, 10, 5)), batch_size=5))
     assert callback.source == "dataset.targets"
-    assert callback.counts == [30, 10, 5]
+    assert callback.counts == {"focal_loss": [30, 10, 5]}
 
 
 def test_sigmoid_losses_get_alpha_in_unit_interval(tmp_path):
@@ -89,7 +91,7 @@ def test_alpha_kept_in_checkpoint_and_not_recounted(tmp_path):
     trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS))
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     (key,) = [k for k in state["callbacks"] if k.startswith("ClassBalancedAlpha")]
-    assert state["callbacks"][key]["counts"] == list(COUNTS)
+    assert state["callbacks"][key]["counts"] == {"focal_loss": list(COUNTS)}
     assert state["state_dict"]["focal_loss.alpha"].tolist() == pytest.approx(
         hand_effective_number(COUNTS, 0.9)
     )
@@ -100,7 +102,7 @@ def test_alpha_kept_in_checkpoint_and_not_recounted(tmp_path):
     trainer.fit(
         model, ImbalancedBlobsDataModule((10, 10, 10)), ckpt_path=str(tmp_path / "last.ckpt")
     )
-    assert resumed.counts == list(COUNTS)
+    assert resumed.counts == {"focal_loss": list(COUNTS)}
     assert model.focal_loss.alpha.tolist() == pytest.approx(hand_effective_number(COUNTS, 0.9))
 
 
@@ -125,3 +127,161 @@ def test_bad_arguments(tmp_path):
     callback = ClassBalancedAlpha(target_index="label")
     with pytest.raises(MisconfigurationException, match="target_index='label'"):
         fit(tmp_path, callback, ImbalancedBlobsDataModule(COUNTS, expose_counts=False))
+
+
+# -- streams: the callback never consumes the training stream -----------------------------
+
+
+class EndlessStream(IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.randn(8), torch.randint(0, 3, ()).item()
+
+
+class OneShotStream(IterableDataset):
+    """A generator-backed stream: a second iteration yields nothing."""
+
+    def __init__(self, counts):
+        samples = [(torch.randn(8), c) for c, n in enumerate(counts) for _ in range(n)]
+        self._samples = iter(samples)
+
+    def __iter__(self):
+        return self._samples
+
+
+class BatchCounter(Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, *args):
+        self.batches += 1
+
+
+@pytest.mark.timeout(30)
+def test_endless_stream_is_refused_with_the_fix_named(tmp_path):
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[ClassBalancedAlpha()])
+    with pytest.raises(
+        MisconfigurationException, match=r"IterableDataset.*class_counts\(\).*counts="
+    ):
+        trainer.fit(BoringFocalClassifier(), train_dataloaders=DataLoader(EndlessStream(), 4))
+
+
+@pytest.mark.timeout(30)
+def test_one_shot_stream_without_counts_is_refused_not_consumed(tmp_path):
+    stream = OneShotStream((12, 6, 2))
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[ClassBalancedAlpha()])
+    with pytest.raises(MisconfigurationException, match="OneShotStream"):
+        trainer.fit(BoringFocalClassifier(), train_dataloaders=DataLoader(stream, 5))
+    assert next(iter(stream), None) is not None  # nothing was read
+
+
+@pytest.mark.timeout(30)
+def test_one_shot_stream_with_counts_trains_on_every_batch(tmp_path):
+    callback, seen = ClassBalancedAlpha(method="inverse", counts=[12, 6, 2]), BatchCounter()
+    model = BoringFocalClassifier()
+    trainer = fast_trainer(tmp_path, max_epochs=1, callbacks=[callback, seen])
+    trainer.fit(model, train_dataloaders=DataLoader(OneShotStream((12, 6, 2)), 5))
+    assert seen.batches == 4
+    assert callback.source == "counts="
+    w = torch.tensor([1 / 12, 1 / 6, 1 / 2])
+    assert model.focal_loss.alpha.tolist() == pytest.approx((w * 3 / w.sum()).tolist())
+
+
+def test_explicit_counts_win_over_the_datamodule_hook(tmp_path):
+    callback = ClassBalancedAlpha(beta=0.99, counts=(30, 10, 5))
+    model, _ = fit(tmp_path, callback)
+    assert callback.source == "counts="
+    assert callback.counts == {"focal_loss": [30, 10, 5]}
+    assert model.focal_loss.alpha.tolist() == pytest.approx(
+        hand_effective_number((30, 10, 5), 0.99), rel=1e-6
+    )
+
+
+def test_bad_counts_are_refused_at_construction():
+    with pytest.raises(ValueError, match="non-negative"):
+        ClassBalancedAlpha(counts=[3, -1])
+    with pytest.raises(ValueError, match="at least one"):
+        ClassBalancedAlpha(counts={})
+    with pytest.raises(ValueError, match="'cls'"):
+        ClassBalancedAlpha(counts={"cls": [[1, 2]]})
+
+
+# -- several heads: each focal loss gets α for its own classes ----------------------------
+
+
+class TwoHeads(pl.LightningModule):
+    """A 3-class softmax head and a 5-class multi-label sigmoid head on one trunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(8, 8)
+        self.species, self.tags = torch.nn.Linear(8, 3), torch.nn.Linear(8, 5)
+        self.species_loss = SoftmaxFocalLoss(num_classes=3)
+        self.tags_loss = SigmoidFocalLoss(num_classes=5)
+
+    def training_step(self, batch, batch_idx):
+        x, species, tags = batch
+        h = torch.relu(self.trunk(x))
+        return self.species_loss(self.species(h), species) + self.tags_loss(self.tags(h), tags)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+SPECIES, TAGS = [24, 12, 4], [20, 10, 6, 3, 1]
+
+
+class TwoHeadsData(pl.LightningDataModule):
+    def __init__(self, counts=None):
+        super().__init__()
+        if counts is not None:
+            self.class_counts = lambda: counts
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        species = torch.tensor([c for c, n in enumerate(SPECIES) for _ in range(n)])
+        tags = (torch.rand(len(species), 5, generator=g) < 0.3).float()
+        return DataLoader(TensorDataset(torch.randn(len(species), 8), species, tags), 8)
+
+
+def normalised_inverse(counts):
+    w = torch.tensor([1 / n for n in counts])
+    return w * len(counts) / w.sum()
+
+
+@pytest.mark.parametrize("where", ["datamodule", "argument"])
+def test_each_head_gets_alpha_from_its_own_counts(tmp_path, where):
+    by_loss = {"species_loss": SPECIES, "tags_loss": TAGS}
+    if where == "argument":
+        callback, data = ClassBalancedAlpha(method="inverse", counts=by_loss), TwoHeadsData()
+    else:
+        callback, data = ClassBalancedAlpha(method="inverse"), TwoHeadsData(by_loss)
+    model = TwoHeads()
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[callback])
+    trainer.fit(model, data)
+    assert callback.counts == by_loss
+    species_w, tags_w = normalised_inverse(SPECIES), normalised_inverse(TAGS)
+    assert model.species_loss.alpha.tolist() == pytest.approx(species_w.tolist(), rel=1e-6)
+    assert model.tags_loss.alpha.tolist() == pytest.approx(
+        (tags_w / (1 + tags_w)).tolist(), rel=1e-6
+    )
+    assert float(trainer.callback_metrics["focal/tags_loss/alpha/4"]) == pytest.approx(
+        float(tags_w[4] / (1 + tags_w[4])), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        (None, r"different numbers of classes.*species_loss: 3.*tags_loss: 5.*dict"),
+        ([24, 12, 4], r"3 counts.*'tags_loss' has 5 classes"),
+        ({"species_loss": SPECIES}, r"no counts for 'tags_loss'"),
+        ({"species_loss": SPECIES, "tags_loss": TAGS, "tag_loss": TAGS}, r"'tag_loss'.*no focal"),
+        ({"species_loss": SPECIES, "tags_loss": SPECIES}, r"3 counts.*'tags_loss' has 5"),
+    ],
+)
+def test_heads_that_cannot_be_matched_to_counts_are_refused(tmp_path, counts, message):
+    callback = ClassBalancedAlpha(counts=counts)
+    trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[callback])
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(TwoHeads(), TwoHeadsData())
