@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from .losses import FocalLossBase, SoftmaxFocalLoss
@@ -35,7 +36,9 @@ class FocalLossMixin:
     adds no callbacks and no hyperparameters: the loss is built by your ``__init__`` (so
     ``load_from_checkpoint`` and LightningCLI rebuild it from your own arguments) and its γ
     and α travel in the state dict. Pass :class:`~lightning_focal.callbacks.GammaWarmup` and
-    friends to the ``Trainer`` yourself.
+    friends to the ``Trainer`` yourself. A checkpoint saved before the mixin was added still
+    loads (``load_from_checkpoint``, ``Trainer.fit(ckpt_path=...)``): the loss keeps the γ
+    and α your ``__init__`` built, with one warning.
 
     On logging steps of training (``Trainer(log_every_n_steps=...)``) each configured loss
     logs ``focal/modulating`` (mean (1-p_t)^γ), ``focal/easy_fraction`` (p_t > 0.5) and,
@@ -97,6 +100,31 @@ class FocalLossMixin:
         if diagnostics:
             loss.register_forward_hook(partial(self._focal_loss_hook, name), with_kwargs=True)
         return loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill γ/α buffers that the checkpoint lacks (saved before the mixin) with the current ones.
+
+        Runs after ``super().on_load_checkpoint``, so a base class that migrates old keys goes
+        first; whatever is still missing keeps the value the module was constructed with, and
+        one warning names those keys.
+        """
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state_dict = checkpoint.get("state_dict")
+        if state_dict is None:
+            return
+        missing = {}
+        for name, loss in find_focal_losses(self).items():  # type: ignore[arg-type]
+            for buffer_name, buffer in loss.named_buffers(recurse=False):
+                key = f"{name}.{buffer_name}"
+                if buffer_name not in loss._non_persistent_buffers_set and key not in state_dict:
+                    missing[key] = buffer.detach().clone()
+        if not missing:
+            return
+        state_dict.update(missing)
+        rank_zero_warn(
+            f"The checkpoint has no {sorted(missing)} (saved before the focal loss was added?): "
+            "the loss keeps the γ/α it was constructed with."
+        )
 
     def focal_bias_layers(self) -> list[nn.Module]:
         """The final classification layers whose bias gets the prior; override for custom heads."""

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import csv
+import warnings
 
+import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from _trainer_utils import fast_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -16,7 +19,7 @@ from lightning_focal import (
 )
 from lightning_focal.callbacks import ClassBalancedAlpha, GammaWarmup
 from lightning_focal.demos import BoringFocalClassifier, ImbalancedBlobsDataModule
-from lightning_focal.mixin import find_focal_losses
+from lightning_focal.mixin import FocalLossMixin, find_focal_losses
 from lightning_focal.schedules import LinearRamp
 
 
@@ -179,6 +182,93 @@ def test_load_from_checkpoint_restores_the_loss(tmp_path):
     x = torch.randn(4, 8)
     y = torch.tensor([0, 1, 2, 0])
     assert torch.equal(loaded.focal_loss(loaded(x), y), model.focal_loss(model(x), y))
+
+
+class PlainBlobsClassifier(pl.LightningModule):
+    """``BoringFocalClassifier`` as it was before the mixin: same layers, cross-entropy."""
+
+    def __init__(self, num_features: int = 8, num_classes: int = 3, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(num_features, 16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes)
+        )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def missing_buffer_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "the loss keeps the γ/α" in str(w.message)]
+
+
+def test_checkpoint_from_before_the_mixin_loads_and_resumes(tmp_path):
+    old = tmp_path / "old"
+    plain = PlainBlobsClassifier()
+    checkpoint = ModelCheckpoint(dirpath=old, save_last=True)
+    trainer = fast_trainer(old, max_steps=4, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(plain, ImbalancedBlobsDataModule())
+    path = old / "last.ckpt"
+    assert "focal_loss.gamma" not in torch.load(path, weights_only=True)["state_dict"]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = BoringFocalClassifier.load_from_checkpoint(path, weights_only=True)
+    [message] = missing_buffer_warnings(caught)
+    assert "focal_loss.gamma" in message and "constructed" in message
+    assert len(caught) == 1
+    assert float(loaded.focal_loss.gamma) == 2.0 and loaded.focal_loss.alpha is None
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+    new = tmp_path / "new"
+    callbacks = [
+        GammaWarmup(LinearRamp(start=0.0, end=2.0, steps=8)),
+        ModelCheckpoint(dirpath=new, save_last=True),
+    ]
+    trainer = fast_trainer(new, max_steps=8, enable_checkpointing=True, callbacks=callbacks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(), ckpt_path=path)
+    assert len(missing_buffer_warnings(caught)) == 1
+    assert trainer.global_step == 8
+    resumed = torch.load(new / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 8
+    assert float(resumed["state_dict"]["focal_loss.gamma"]) == pytest.approx(1.75)  # step 7
+
+    # a checkpoint saved with the loss has its buffers: nothing to fill, no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = BoringFocalClassifier.load_from_checkpoint(new / "last.ckpt", weights_only=True)
+    assert missing_buffer_warnings(caught) == []
+    assert float(again.focal_loss.gamma) == pytest.approx(1.75)
+
+
+def test_on_load_checkpoint_lets_base_classes_migrate_first():
+    class MigratingBase(pl.LightningModule):
+        def on_load_checkpoint(self, checkpoint):
+            state = checkpoint["state_dict"]
+            state["focal_loss.gamma"] = state.pop("old_gamma")
+
+    class Model(FocalLossMixin, MigratingBase):
+        def __init__(self):
+            super().__init__()
+            self.configure_focal_loss(SigmoidFocalLoss(gamma=2.0, alpha=0.25))
+
+    model = Model()
+    checkpoint = {"state_dict": {"old_gamma": torch.tensor(0.5)}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.on_load_checkpoint(checkpoint)
+    [message] = missing_buffer_warnings(caught)
+    assert "focal_loss.alpha" in message and "focal_loss.gamma" not in message
+    assert float(checkpoint["state_dict"]["focal_loss.alpha"]) == 0.25
+    model.load_state_dict(checkpoint["state_dict"])
+    assert float(model.focal_loss.gamma) == 0.5 and float(model.focal_loss.alpha) == 0.25
 
 
 def test_trains_under_torch_compile(tmp_path):
