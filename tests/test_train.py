@@ -18,6 +18,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from lightning_focal.app_utils import config_dir  # noqa: E402
 
 CONF = Path(config_dir())
+ROOT = Path(__file__).resolve().parents[1]
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 
 
@@ -163,6 +164,8 @@ def run_cli(tmp_path, *args, env_extra=None, check=True):
         **os.environ,
         "LIGHTNING_FOCAL_ROOT": str(tmp_path),
         "PYTHONUNBUFFERED": "1",
+        # the checkout under test, not whichever copy of the package is installed
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **(env_extra or {}),
     }
     proc = subprocess.run(
@@ -220,6 +223,23 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
 
     state = torch.load(runs[1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 9
+
+
+def test_last_checkpoint_holds_the_final_step(tmp_path):
+    # validation runs at steps 3 and 6 (3 batches an epoch): steps 4-5 come after the last one
+    run_cli(
+        tmp_path,
+        "debug=fast",
+        "threads=1",
+        "trainer.max_steps=5",
+        "test=false",
+        "callbacks.focal_plots=null",
+    )
+    (run,) = run_dirs(tmp_path)
+    import torch
+
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "step00003.ckpt"}
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
 @pytest.mark.timeout(600)
@@ -319,9 +339,8 @@ def test_multirun_sweep_on_one_machine(tmp_path):
 def test_built_wheel_ships_the_configs(tmp_path):
     import zipfile
 
-    root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-w", str(tmp_path), "-q"],
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path), "-q"],
         capture_output=True,
         text=True,
         timeout=600,
