@@ -243,6 +243,21 @@ def test_last_checkpoint_holds_the_final_step(tmp_path):
 
 
 @pytest.mark.timeout(600)
+def test_resume_last_in_the_same_run_dir(tmp_path):
+    run = tmp_path / "logs" / "train" / "runs" / "requeued"
+    args = ["debug=fast", "threads=1", "test=false", "callbacks.focal_plots=null"]
+    args += [f"hydra.run.dir={run}", "ckpt_path=last"]
+    # nothing to resume yet (a first SLURM job): it says so and trains from scratch
+    first = run_cli(tmp_path, *args)
+    output = first.stdout + first.stderr
+    assert 'ckpt_path="last") is set, but there is no last checkpoint available' in output
+    assert f"ckpt_path=last: looking for the last checkpoint in ['{run / 'checkpoints'}']" in output
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.timeout(600)
 def test_cli_wandb_offline_writes_files(tmp_path):
     pytest.importorskip("wandb")
     run_cli(
