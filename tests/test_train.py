@@ -208,7 +208,25 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
         "per_class_recall.png",
         "reliability.png",
     }
-    # Resume through the CLI: training continues from step 6 to 9 (not from 0).
+    # The README's first resume form with a longer run: refused before training, with what to do
+    # (OneCycleLR would fail at step 7; γ's 30% ramp would drop from 2.0 back to 1.33)
+    refused = run_cli(
+        tmp_path,
+        "debug=fast",
+        "threads=1",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=30",
+        check=False,
+    )
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Tried to step" not in message
+    assert "the checkpoint was trained for 6 steps" in message, message[-3000:]
+    assert "its OneCycleLR runs for total_steps=6 (it would fail at step 7)" in message
+    assert "would jump from 2.0 to 1.33" in message
+    assert "Resume with the same length (trainer.max_steps=6)" in message
+    assert len(run_dirs(tmp_path)) == 2 and not (run_dirs(tmp_path)[1] / "checkpoints").exists()
+    # Resume through the CLI: training continues from step 6 to 9 (not from 0); nothing here
+    # follows the run's length (no scheduler; the γ ramp is over at step 6 either way).
     resumed = run_cli(
         tmp_path,
         "debug=fast",
@@ -219,10 +237,10 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
     )
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     runs = run_dirs(tmp_path)
-    assert len(runs) == 2
+    assert len(runs) == 3
     import torch
 
-    state = torch.load(runs[1] / "checkpoints" / "last.ckpt", weights_only=True)
+    state = torch.load(runs[2] / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 9
 
 
