@@ -20,7 +20,6 @@ __all__ = [
     "focal_callbacks",
     "instantiate_callbacks",
     "instantiate_loggers",
-    "resolve_ckpt_path",
     "results_table",
 ]
 
@@ -105,14 +104,6 @@ def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[
         ):
             kwargs[name] = getattr(datamodule, name)
     return kwargs
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """``"last"`` means ``<run dir>/checkpoints/last.ckpt`` when it exists (SLURM requeue)."""
-    if ckpt_path != "last":
-        return ckpt_path
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
 
 
 def results_table(metrics: Mapping[str, Any], title: str) -> str:

@@ -26,7 +26,6 @@ from .app_utils import (
     focal_callbacks,
     instantiate_callbacks,
     instantiate_loggers,
-    resolve_ckpt_path,
     results_table,
 )
 
@@ -60,11 +59,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(
-            model,
-            datamodule=datamodule,
-            ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir),
-        )
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path == "last":
+            # Lightning resolves "last" (newest last*.ckpt of the checkpoint callbacks) and warns
+            # when there is none; say where it looks, since a new run dir has none
+            searched = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks})
+            log.info(f"ckpt_path=last: looking for the last checkpoint in {searched or 'no dir'}")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if cfg.get("test", True):
         checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)

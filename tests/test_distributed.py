@@ -21,6 +21,10 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",
+        # the checkout under test, not whichever copy of the package is installed
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_focal.train", *args],

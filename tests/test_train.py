@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 import os
 import subprocess
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from lightning_focal.app_utils import config_dir  # noqa: E402
 
 CONF = Path(config_dir())
+ROOT = Path(__file__).resolve().parents[1]
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 
 
@@ -163,6 +165,8 @@ def run_cli(tmp_path, *args, env_extra=None, check=True):
         **os.environ,
         "LIGHTNING_FOCAL_ROOT": str(tmp_path),
         "PYTHONUNBUFFERED": "1",
+        # the checkout under test, not whichever copy of the package is installed
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **(env_extra or {}),
     }
     proc = subprocess.run(
@@ -204,7 +208,25 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
         "per_class_recall.png",
         "reliability.png",
     }
-    # Resume through the CLI: training continues from step 6 to 9 (not from 0).
+    # The README's first resume form with a longer run: refused before training, with what to do
+    # (OneCycleLR would fail at step 7; γ's 30% ramp would drop from 2.0 back to 1.33)
+    refused = run_cli(
+        tmp_path,
+        "debug=fast",
+        "threads=1",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=30",
+        check=False,
+    )
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Tried to step" not in message
+    assert "the checkpoint was trained for 6 steps" in message, message[-3000:]
+    assert "its OneCycleLR runs for total_steps=6 (it would fail at step 7)" in message
+    assert "would jump from 2.0 to 1.33" in message
+    assert "Resume with the same length (trainer.max_steps=6)" in message
+    assert len(run_dirs(tmp_path)) == 2 and not (run_dirs(tmp_path)[1] / "checkpoints").exists()
+    # Resume through the CLI: training continues from step 6 to 9 (not from 0); nothing here
+    # follows the run's length (no scheduler; the γ ramp is over at step 6 either way).
     resumed = run_cli(
         tmp_path,
         "debug=fast",
@@ -215,11 +237,36 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
     )
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     runs = run_dirs(tmp_path)
-    assert len(runs) == 2
+    assert len(runs) == 3
     import torch
 
-    state = torch.load(runs[1] / "checkpoints" / "last.ckpt", weights_only=True)
+    state = torch.load(runs[2] / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 9
+
+
+@pytest.mark.timeout(600)
+def test_resume_last_in_the_same_run_dir(tmp_path):
+    run = tmp_path / "logs" / "train" / "runs" / "requeued"
+    args = ["debug=fast", "threads=1", "test=false", "callbacks.focal_plots=null"]
+    args += [f"hydra.run.dir={run}", "ckpt_path=last"]
+    # nothing to resume yet (a first SLURM job): it says so and trains from scratch
+    first = run_cli(tmp_path, *args, "trainer.max_steps=5")
+    output = first.stdout + first.stderr
+    assert 'ckpt_path="last") is set, but there is no last checkpoint available' in output
+    assert f"ckpt_path=last: looking for the last checkpoint in ['{run / 'checkpoints'}']" in output
+    import torch
+
+    # validation ran at step 3 only (3 batches an epoch): last.ckpt still holds step 5
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "step00003.ckpt"}
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    # the same command resumes from last.ckpt (4 more steps) and continues metrics.csv
+    resumed = run_cli(tmp_path, *args, "trainer.max_steps=9", "model.scheduler=null")
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+    with open(run / "csv" / "version_0" / "metrics.csv", newline="") as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]]
+    # Lightning logs a resumed run's batches one step later (5 -> 6): compare as a sequence
+    assert steps[:5] == list(range(5)) and len(steps) == 9 and steps == sorted(set(steps)), steps
 
 
 @pytest.mark.timeout(600)
@@ -319,9 +366,8 @@ def test_multirun_sweep_on_one_machine(tmp_path):
 def test_built_wheel_ships_the_configs(tmp_path):
     import zipfile
 
-    root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-w", str(tmp_path), "-q"],
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path), "-q"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,6 +8,7 @@ from .distributed_check import DistributedConsistencyCheck
 from .focal_bias_init import FocalBiasInit
 from .focal_plots import FocalPlots
 from .gamma_warmup import GammaWarmup
+from .run_length_check import RunLengthCheck
 
 __all__ = [
     "CalibrationGamma",
@@ -16,4 +17,5 @@ __all__ = [
     "FocalBiasInit",
     "FocalPlots",
     "GammaWarmup",
+    "RunLengthCheck",
 ]
