@@ -28,7 +28,7 @@ class FocalLossBase(nn.Module, abc.ABC):
     by a compiled graph as inputs, so changing their values never recompiles.
 
     Assign them as plain attributes — ``loss.gamma = 0.5``, ``loss.gamma = [1.0, 2.0, 3.0]``,
-    ``loss.gamma = flsd53``, ``loss.alpha = torch.tensor([...])``, ``loss.alpha = None``: the
+    ``loss.gamma = FLSD53``, ``loss.alpha = torch.tensor([...])``, ``loss.alpha = None``: the
     value is validated as the constructor validates it and copied into the buffer in place
     (when the shape is unchanged). Reading gives the buffer (``None`` for γ under a
     sample-dependent policy, which is then ``loss.gamma_policy``). A checkpoint's γ and α are

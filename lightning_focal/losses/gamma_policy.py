@@ -1,4 +1,10 @@
-"""Sample-dependent γ: the exponent chosen per element from the model's own p_t."""
+"""Sample-dependent γ: the exponent chosen per element from the model's own p_t.
+
+Example:
+    >>> from lightning_focal import FLSD53
+    >>> FLSD53
+    SampleDependentGamma(thresholds=(0.2,), gammas=(5.0, 3.0))
+"""
 
 from __future__ import annotations
 
@@ -63,9 +69,4 @@ class SampleDependentGamma:
 
 
 FLSD53 = SampleDependentGamma((0.2,), (5.0, 3.0))
-"""The FLSD-53 policy of Mukhoti et al. (NeurIPS 2020): γ=5 where p_t < 0.2, else γ=3.
-
-Example:
-    >>> FLSD53
-    SampleDependentGamma(thresholds=(0.2,), gammas=(5.0, 3.0))
-"""
+"""The FLSD-53 policy of Mukhoti et al. (NeurIPS 2020): γ=5 where p_t < 0.2, else γ=3."""
