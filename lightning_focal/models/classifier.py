@@ -45,7 +45,8 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
 
     γ=0 gives exactly cross-entropy through the same code path, so CE and focal runs differ
     only in their settings. Logs ``train/loss``, ``val/loss``, ``val/acc``,
-    ``val/balanced_acc`` (macro recall), ``val/ece``, ``test/...`` likewise, and per-class
+    ``val/balanced_acc`` (macro recall), ``val/ece``, ``val/calibration_gap`` (mean confidence
+    minus accuracy, which ``CalibrationGamma`` monitors), ``test/...`` likewise, and per-class
     recall ``test/recall/<class>``.
 
     Args:
