@@ -81,7 +81,7 @@ def plot_gamma_curve(steps: Sequence[int], gammas: Sequence[float], path: str | 
 def plot_reliability(
     bins: dict[str, list[float]], path: str | Path, title: str = "reliability (test)"
 ) -> Path:
-    """Reliability diagram from :func:`lightning_focal.models.classifier.reliability_bins`.
+    """Reliability diagram from the bins of ``lightning_focal.metrics.ReliabilityBins``.
 
     Example:
         >>> import tempfile, os

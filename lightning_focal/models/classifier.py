@@ -10,34 +10,15 @@ import torch
 from torch import Tensor
 
 from ..losses import SoftmaxFocalLoss
-from ..metrics import classification_metrics, per_class_recall_metric
+from ..metrics import (
+    ReliabilityBins,
+    classification_metrics,
+    per_class_recall_metric,
+    reliability_bins,
+)
 from ..mixin import FocalLossMixin
 
 __all__ = ["TimmClassifier", "reliability_bins"]
-
-
-def reliability_bins(
-    confidence: Tensor, correct: Tensor, n_bins: int = 15
-) -> dict[str, list[float]]:
-    """Per-bin mean confidence, accuracy and count of top-label predictions.
-
-    Example:
-        >>> bins = reliability_bins(torch.tensor([0.95, 0.95, 0.25]), torch.tensor([1, 0, 1]), n_bins=2)
-        >>> bins["accuracy"], bins["count"]
-        ([1.0, 0.5], [1.0, 2.0])
-    """
-    edges = torch.linspace(0, 1, n_bins + 1)
-    index = torch.bucketize(confidence.float().clamp(0, 1), edges[1:-1], right=True)
-    count = torch.bincount(index, minlength=n_bins).float()
-    conf_sum = torch.bincount(index, weights=confidence.float(), minlength=n_bins)
-    acc_sum = torch.bincount(index, weights=correct.float(), minlength=n_bins)
-    safe = count.clamp_min(1)
-    return {
-        "confidence": (conf_sum / safe).tolist(),
-        "accuracy": (acc_sum / safe).tolist(),
-        "count": count.tolist(),
-        "edges": edges.tolist(),
-    }
 
 
 class TimmClassifier(FocalLossMixin, pl.LightningModule):
@@ -45,8 +26,10 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
 
     γ=0 gives exactly cross-entropy through the same code path, so CE and focal runs differ
     only in their settings. Logs ``train/loss``, ``val/loss``, ``val/acc``,
-    ``val/balanced_acc`` (macro recall), ``val/ece``, ``test/...`` likewise, and per-class
-    recall ``test/recall/<class>``.
+    ``val/balanced_acc`` (macro recall), ``val/ece``, ``val/calibration_gap`` (mean confidence
+    minus accuracy, which ``CalibrationGamma`` monitors), ``test/...`` likewise, and per-class
+    recall ``test/recall/<class>``. After testing, ``test_summary["reliability"]`` holds the
+    reliability bins of :class:`~lightning_focal.metrics.ReliabilityBins` for ``FocalPlots``.
 
     Args:
         model_name: any ``timm.create_model`` name (``test_resnet`` is tiny, for CPUs).
@@ -111,8 +94,7 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_recall = per_class_recall_metric(num_classes, self.class_names, "test/")
-        self._test_conf: list[Tensor] = []
-        self._test_correct: list[Tensor] = []
+        self.test_reliability = ReliabilityBins(n_bins=15)
         self.test_summary: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,30 +120,16 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.test_metrics.update(logits, y)
         self.test_recall.update(logits, y)
         self.log_dict(self.test_metrics, batch_size=x.shape[0])
-        conf, pred = torch.softmax(logits.float(), dim=1).max(dim=1)
-        self._test_conf.append(conf.detach())
-        self._test_correct.append((pred == y).detach())
-
-    def on_test_epoch_start(self) -> None:
-        self._test_conf.clear()
-        self._test_correct.clear()
+        self.test_reliability.update(torch.softmax(logits.float(), dim=1), y)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_recall.compute())  # synced across ranks by torchmetrics
         self.test_recall.reset()
-        conf = torch.cat(self._test_conf) if self._test_conf else torch.zeros(0, device=self.device)
-        correct = (
-            torch.cat(self._test_correct)
-            if self._test_correct
-            else torch.zeros(0, device=self.device)
-        )
-        if self.trainer.world_size > 1:
-            conf = self.all_gather(conf).flatten()
-            correct = self.all_gather(correct).flatten()
         self.test_summary = {
-            "reliability": reliability_bins(conf.cpu(), correct.cpu()),
+            "reliability": self.test_reliability.compute(),  # synced across ranks
             "class_names": self.class_names,
         }
+        self.test_reliability.reset()
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
