@@ -260,21 +260,6 @@ class SigmoidFocalLoss(FocalLossBase):
         average weight weighs its positives and negatives alike."""
         return weights / (1.0 + weights)
 
-    @torch.no_grad()
-    def confidence(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """(confidence of each binary decision, whether it was right), unmasked elements."""
-        p = torch.sigmoid(logits.detach().float())
-        conf = torch.maximum(p, 1.0 - p)
-        correct = (p > 0.5) == (target > 0.5)
-        if weight is None:
-            return conf.flatten(), correct.flatten()
-        if weight.dim() == p.dim() - 1:
-            weight = weight.unsqueeze(-1)
-        mask = (weight > 0).expand_as(p)
-        return conf[mask], correct[mask]
-
     def _statistics_sums(
         self, x: Tensor, target: Tensor, weight: Tensor | None
     ) -> dict[str, Tensor]:

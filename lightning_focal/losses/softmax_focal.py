@@ -276,19 +276,6 @@ class SoftmaxFocalLoss(FocalLossBase):
         ``weight``."""
         return weights
 
-    @torch.no_grad()
-    def confidence(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """(top-label confidence, whether it was right) per counted sample."""
-        if logits.dim() == 1:
-            logits, target = logits.unsqueeze(0), target.unsqueeze(0)
-        conf, pred = torch.softmax(logits.detach().float(), dim=1).max(dim=1)
-        if target.is_floating_point():
-            target = target.argmax(dim=1)
-        valid = target != self.ignore_index
-        return conf[valid], (pred == target)[valid]
-
     def _statistics_sums(
         self, x: Tensor, target: Tensor, weight: Tensor | None
     ) -> dict[str, Tensor]:
