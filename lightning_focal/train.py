@@ -34,6 +34,14 @@ log = logging.getLogger("lightning_focal.train")
 __all__ = ["main", "train"]
 
 
+def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
+    """Write ``message`` to the root logger's file handlers only (``train.log``, not the console)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as ``cfg`` says; return the final metrics (also used by the sweeper).
 
@@ -96,8 +104,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> Any:
-    """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``."""
-    metrics = train(cfg)
+    """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``.
+
+    A failed job keeps its run dir (``.hydra/`` holds the config that was tried) and writes
+    the error with its traceback into ``<run dir>/train.log``.
+    """
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        _log_to_file(
+            logging.ERROR,
+            f"the run failed: {err!r}",
+            exc_info=(type(err), err, err.__traceback__),
+        )
+        raise
     name = cfg.get("optimized_metric")
     if name and HydraConfig.initialized() and name in metrics:
         return metrics[name]

@@ -292,12 +292,22 @@ def test_cli_wandb_offline_writes_files(tmp_path):
         ("loss.gamm=2", "Could not override 'loss.gamm'"),
         ("data=nope", "Could not find 'data/nope'"),
         ("loss.gamma=-1", "`gamma` must be a finite γ >= 0, got -1"),
+        ("model.model_name=not_a_model", "Unknown model (not_a_model)"),
     ],
 )
 def test_bad_override_gives_a_clear_error(tmp_path, override, message):
     proc = run_cli(tmp_path, override, "debug=fdr", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+    runs = tmp_path / "logs" / "train" / "runs"
+    if override.startswith(("loss.gamm=", "data=")):
+        assert not runs.exists()  # the config did not compose: no run dir
+    else:
+        # the run dir keeps the config that was tried and, in train.log, the error
+        (run,) = run_dirs(tmp_path)
+        log = (run / "train.log").read_text()
+        assert "[ERROR] - the run failed" in log and message in log and "Traceback" in log, log
+        assert (run / ".hydra" / "config.yaml").is_file()
 
 
 @pytest.mark.timeout(900)
