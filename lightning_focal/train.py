@@ -34,6 +34,24 @@ log = logging.getLogger("lightning_focal.train")
 __all__ = ["main", "train"]
 
 
+def _route_logging() -> None:
+    """Send Lightning's messages to Hydra's handlers (console and ``<run dir>/train.log``).
+
+    ``lightning``, ``lightning.pytorch`` and ``lightning.fabric`` add their own stderr handler
+    and stop propagation when imported before any root handler exists, which is always the
+    case here (Hydra configures logging after the imports): their rank-zero info then never
+    reached ``train.log``.
+    """
+    if not logging.getLogger().handlers:  # no Hydra job logging: leave Lightning's own
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
     """Write ``message`` to the root logger's file handlers only (``train.log``, not the console)."""
     record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
@@ -98,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})",
                 )
             )
-            print(f"run dir: {output_dir}")
+            log.info(f"run dir: {output_dir}")
     return metrics
 
 
@@ -109,6 +127,7 @@ def main(cfg: DictConfig) -> Any:
     A failed job keeps its run dir (``.hydra/`` holds the config that was tried) and writes
     the error with its traceback into ``<run dir>/train.log``.
     """
+    _route_logging()
     try:
         metrics = train(cfg)
     except Exception as err:

@@ -191,6 +191,9 @@ def test_cli_default_job_with_debug_config_then_resume(tmp_path):
     proc = run_cli(tmp_path, "debug=fast", "threads=1")
     (run,) = run_dirs(tmp_path)
     assert "results (best checkpoint" in proc.stdout and "test/balanced_acc" in proc.stdout
+    # train.log names the run dir and holds Lightning's rank-zero info
+    log = (run / "train.log").read_text()
+    assert f"run dir: {run}" in log and "Restoring states from the checkpoint path" in log, log
     assert (run / "checkpoints" / "last.ckpt").is_file()
     header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in (
