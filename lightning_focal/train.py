@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import hydra
@@ -58,6 +59,24 @@ def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+def _config_hint(cfg: DictConfig, err: BaseException) -> str | None:
+    """One line naming the config key to change, for errors a wrong setting explains."""
+    data = cfg.get("data") or {}
+    root = data.get("root")
+    if (
+        isinstance(err, FileNotFoundError)
+        and str(data.get("_target_", "")).endswith("ImageFolderDataModule")
+        and root is not None
+        and str(root) in str(err)
+    ):
+        return (
+            f"{err}: set data.root= to the folder that holds the split folders "
+            f"({data.get('train_dir')}/, {data.get('val_dir')}/, {data.get('test_dir')}/), "
+            f"now data.root={root}"
+        )
+    return None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -125,17 +144,21 @@ def main(cfg: DictConfig) -> Any:
     """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``.
 
     A failed job keeps its run dir (``.hydra/`` holds the config that was tried) and writes
-    the error with its traceback into ``<run dir>/train.log``.
+    the error with its traceback into ``<run dir>/train.log``; an error that one setting
+    explains (a missing image folder) exits with a one-line message naming the key.
     """
     _route_logging()
     try:
         metrics = train(cfg)
     except Exception as err:
+        hint = _config_hint(cfg, err)
         _log_to_file(
             logging.ERROR,
-            f"the run failed: {err!r}",
+            hint or f"the run failed: {err!r}",
             exc_info=(type(err), err, err.__traceback__),
         )
+        if hint is not None:
+            sys.exit(f"error: {hint}")
         raise
     name = cfg.get("optimized_metric")
     if name and HydraConfig.initialized() and name in metrics:

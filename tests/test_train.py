@@ -313,6 +313,20 @@ def test_bad_override_gives_a_clear_error(tmp_path, override, message):
         assert (run / ".hydra" / "config.yaml").is_file()
 
 
+def test_missing_image_folder_names_the_config_key(tmp_path):
+    proc = run_cli(
+        tmp_path, "data=image_folder", "data.root=/nonexistent", "debug=fdr", check=False
+    )
+    assert proc.returncode != 0
+    expected = (
+        "error: train folder /nonexistent/train not found: set data.root= to the folder that "
+        "holds the split folders (train/, val/, test/), now data.root=/nonexistent"
+    )
+    assert expected in proc.stderr and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert expected[len("error: ") :] in (run / "train.log").read_text()
+
+
 @pytest.mark.timeout(900)
 def test_cli_detection_experiment(tmp_path):
     proc = run_cli(
