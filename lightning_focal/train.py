@@ -9,7 +9,6 @@ python -m lightning_focal.train --help         # every group and option
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -27,7 +26,6 @@ from .app_utils import (
     focal_callbacks,
     instantiate_callbacks,
     instantiate_loggers,
-    results_table,
 )
 
 log = logging.getLogger("lightning_focal.train")
@@ -122,20 +120,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best is None:
             log.warning("no best checkpoint was saved: testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        tested = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("test/") and v.numel() == 1
-        }
-        metrics.update(tested)
-        if trainer.is_global_zero:
-            print(
-                results_table(
-                    tested,
-                    f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})",
-                )
-            )
-            log.info(f"run dir: {output_dir}")
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith("test/") and v.numel() == 1
+            }
+        )
+    if trainer.is_global_zero:
+        log.info(f"run dir: {output_dir}")
     return metrics
 
 
