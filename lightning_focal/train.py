@@ -32,6 +32,10 @@ log = logging.getLogger("lightning_focal.train")
 
 __all__ = ["main", "train"]
 
+# third-party loggers that print per-evaluation chatter at INFO (faster_coco_eval: ~20 lines
+# per mAP computation, every validation and test)
+QUIET_LOGGERS = ("faster_coco_eval",)
+
 
 def _route_logging() -> None:
     """Send Lightning's messages to Hydra's handlers (console and ``<run dir>/train.log``).
@@ -39,8 +43,10 @@ def _route_logging() -> None:
     ``lightning``, ``lightning.pytorch`` and ``lightning.fabric`` add their own stderr handler
     and stop propagation when imported before any root handler exists, which is always the
     case here (Hydra configures logging after the imports): their rank-zero info then never
-    reached ``train.log``.
+    reached ``train.log``. Also quiets :data:`QUIET_LOGGERS` to WARNING.
     """
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not logging.getLogger().handlers:  # no Hydra job logging: leave Lightning's own
         return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

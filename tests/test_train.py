@@ -353,6 +353,9 @@ def test_cli_detection_experiment(tmp_path):
     assert any(k.startswith("val/map_class/") for k in header)
     assert list((run / "detections").glob("*.png"))
     assert "test/map" in proc.stdout
+    # faster_coco_eval's ~20 INFO lines per mAP computation are quieted
+    assert "faster_coco_eval" not in proc.stdout + proc.stderr
+    assert "Average Precision" not in proc.stdout + proc.stderr
 
 
 def test_slurm_launcher_config_composes():
