@@ -20,7 +20,6 @@ __all__ = [
     "focal_callbacks",
     "instantiate_callbacks",
     "instantiate_loggers",
-    "results_table",
 ]
 
 
@@ -104,19 +103,3 @@ def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[
         ):
             kwargs[name] = getattr(datamodule, name)
     return kwargs
-
-
-def results_table(metrics: Mapping[str, Any], title: str) -> str:
-    """A plain-text table of metric -> value, sorted by name.
-
-    Example:
-        >>> print(results_table({"test/acc": 0.5, "test/ece": 0.0312}, "results"))
-        results
-        ------------------
-        test/acc    0.5000
-        test/ece    0.0312
-    """
-    width = max((len(k) for k in metrics), default=8) + 4
-    lines = [title, "-" * (width + 6)]
-    lines += [f"{k:<{width}}{float(v):>6.4f}" for k, v in sorted(metrics.items())]
-    return "\n".join(lines)

@@ -9,7 +9,7 @@ python -m lightning_focal.train --help         # every group and option
 from __future__ import annotations
 
 import logging
-import os
+import sys
 from typing import Any
 
 import hydra
@@ -26,12 +26,61 @@ from .app_utils import (
     focal_callbacks,
     instantiate_callbacks,
     instantiate_loggers,
-    results_table,
 )
 
 log = logging.getLogger("lightning_focal.train")
 
 __all__ = ["main", "train"]
+
+# third-party loggers that print per-evaluation chatter at INFO (faster_coco_eval: ~20 lines
+# per mAP computation, every validation and test)
+QUIET_LOGGERS = ("faster_coco_eval",)
+
+
+def _route_logging() -> None:
+    """Send Lightning's messages to Hydra's handlers (console and ``<run dir>/train.log``).
+
+    ``lightning``, ``lightning.pytorch`` and ``lightning.fabric`` add their own stderr handler
+    and stop propagation when imported before any root handler exists, which is always the
+    case here (Hydra configures logging after the imports): their rank-zero info then never
+    reached ``train.log``. Also quiets :data:`QUIET_LOGGERS` to WARNING.
+    """
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not logging.getLogger().handlers:  # no Hydra job logging: leave Lightning's own
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
+    """Write ``message`` to the root logger's file handlers only (``train.log``, not the console)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _config_hint(cfg: DictConfig, err: BaseException) -> str | None:
+    """One line naming the config key to change, for errors a wrong setting explains."""
+    data = cfg.get("data") or {}
+    root = data.get("root")
+    if (
+        isinstance(err, FileNotFoundError)
+        and str(data.get("_target_", "")).endswith("ImageFolderDataModule")
+        and root is not None
+        and str(root) in str(err)
+    ):
+        return (
+            f"{err}: set data.root= to the folder that holds the split folders "
+            f"({data.get('train_dir')}/, {data.get('val_dir')}/, {data.get('test_dir')}/), "
+            f"now data.root={root}"
+        )
+    return None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -77,27 +126,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best is None:
             log.warning("no best checkpoint was saved: testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        tested = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("test/") and v.numel() == 1
-        }
-        metrics.update(tested)
-        if trainer.is_global_zero:
-            print(
-                results_table(
-                    tested,
-                    f"results ({'best checkpoint ' + os.path.basename(best) if best else 'final weights'})",
-                )
-            )
-            print(f"run dir: {output_dir}")
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith("test/") and v.numel() == 1
+            }
+        )
+    if trainer.is_global_zero:
+        log.info(f"run dir: {output_dir}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> Any:
-    """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``."""
-    metrics = train(cfg)
+    """Entry point of ``lightning-focal-train`` and ``python -m lightning_focal.train``.
+
+    A failed job keeps its run dir (``.hydra/`` holds the config that was tried) and writes
+    the error with its traceback into ``<run dir>/train.log``; an error that one setting
+    explains (a missing image folder) exits with a one-line message naming the key.
+    """
+    _route_logging()
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        hint = _config_hint(cfg, err)
+        _log_to_file(
+            logging.ERROR,
+            hint or f"the run failed: {err!r}",
+            exc_info=(type(err), err, err.__traceback__),
+        )
+        if hint is not None:
+            sys.exit(f"error: {hint}")
+        raise
     name = cfg.get("optimized_metric")
     if name and HydraConfig.initialized() and name in metrics:
         return metrics[name]

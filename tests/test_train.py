@@ -190,7 +190,12 @@ def run_dirs(tmp_path, task="train"):
 def test_cli_default_job_with_debug_config_then_resume(tmp_path):
     proc = run_cli(tmp_path, "debug=fast", "threads=1")
     (run,) = run_dirs(tmp_path)
-    assert "results (best checkpoint" in proc.stdout and "test/balanced_acc" in proc.stdout
+    # the results once, as Lightning's test table; the run dir named on the console and in
+    # train.log, which also holds Lightning's rank-zero info
+    assert proc.stdout.count("test/balanced_acc") == 1 and "Test metric" in proc.stdout
+    assert f"run dir: {run}" in proc.stdout
+    log = (run / "train.log").read_text()
+    assert f"run dir: {run}" in log and "Restoring states from the checkpoint path" in log, log
     assert (run / "checkpoints" / "last.ckpt").is_file()
     header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in (
@@ -292,12 +297,36 @@ def test_cli_wandb_offline_writes_files(tmp_path):
         ("loss.gamm=2", "Could not override 'loss.gamm'"),
         ("data=nope", "Could not find 'data/nope'"),
         ("loss.gamma=-1", "`gamma` must be a finite γ >= 0, got -1"),
+        ("model.model_name=not_a_model", "Unknown model (not_a_model)"),
     ],
 )
 def test_bad_override_gives_a_clear_error(tmp_path, override, message):
     proc = run_cli(tmp_path, override, "debug=fdr", check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+    runs = tmp_path / "logs" / "train" / "runs"
+    if override.startswith(("loss.gamm=", "data=")):
+        assert not runs.exists()  # the config did not compose: no run dir
+    else:
+        # the run dir keeps the config that was tried and, in train.log, the error
+        (run,) = run_dirs(tmp_path)
+        log = (run / "train.log").read_text()
+        assert "[ERROR] - the run failed" in log and message in log and "Traceback" in log, log
+        assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_missing_image_folder_names_the_config_key(tmp_path):
+    proc = run_cli(
+        tmp_path, "data=image_folder", "data.root=/nonexistent", "debug=fdr", check=False
+    )
+    assert proc.returncode != 0
+    expected = (
+        "error: train folder /nonexistent/train not found: set data.root= to the folder that "
+        "holds the split folders (train/, val/, test/), now data.root=/nonexistent"
+    )
+    assert expected in proc.stderr and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert expected[len("error: ") :] in (run / "train.log").read_text()
 
 
 @pytest.mark.timeout(900)
@@ -324,6 +353,9 @@ def test_cli_detection_experiment(tmp_path):
     assert any(k.startswith("val/map_class/") for k in header)
     assert list((run / "detections").glob("*.png"))
     assert "test/map" in proc.stdout
+    # faster_coco_eval's ~20 INFO lines per mAP computation are quieted
+    assert "faster_coco_eval" not in proc.stdout + proc.stderr
+    assert "Average Precision" not in proc.stdout + proc.stderr
 
 
 def test_slurm_launcher_config_composes():
