@@ -35,6 +35,10 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # Lightning warns "It is recommended to use `self.log(..., sync_dist=True)`" for every
+    # epoch-level tensor logged without it under DDP (20 lines in a classifier run)
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "sync_dist" in line]
+    assert not warnings, "\n".join(warnings)
     return proc
 
 

@@ -328,7 +328,16 @@ class ClassBalancedAlpha(Callback):
         counts: Sequence[int],
     ) -> None:
         for c, value in enumerate(alpha.tolist()):
-            pl_module.log(f"{prefix}/alpha/{c}", value, on_step=False, on_epoch=True, batch_size=1)
+            # α is equal on every rank (the counts were summed across ranks), so the mean
+            # that sync_dist takes at epoch end is α itself; without it Lightning warns per class
+            pl_module.log(
+                f"{prefix}/alpha/{c}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=True,
+            )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if type(logger).__name__ == "WandbLogger":

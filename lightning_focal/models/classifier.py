@@ -123,7 +123,9 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.test_reliability.update(torch.softmax(logits.float(), dim=1), y)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_recall.compute())  # synced across ranks by torchmetrics
+        # compute() already synced the recall across ranks: sync_dist's mean of equal values
+        # changes nothing, and without it Lightning warns once per class under DDP
+        self.log_dict(self.test_recall.compute(), sync_dist=True)
         self.test_recall.reset()
         self.test_summary = {
             "reliability": self.test_reliability.compute(),  # synced across ranks

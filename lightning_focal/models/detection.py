@@ -256,15 +256,21 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
             return
         results = metric.compute()  # synced across ranks by torchmetrics
         metric.reset()
+        # the results are equal on every rank: sync_dist's mean changes nothing, and without it
+        # Lightning warns once per key under DDP
         for key in MAP_KEYS:
-            self.log(f"{prefix}/{key}", results[key].float(), prog_bar=key == "map")
-        self.log(f"{prefix}/recall", results["mar_100"].float())
+            self.log(
+                f"{prefix}/{key}", results[key].float(), prog_bar=key == "map", sync_dist=True
+            )
+        self.log(f"{prefix}/recall", results["mar_100"].float(), sync_dist=True)
         classes = results["classes"].flatten().tolist()
         per_class = results["map_per_class"].flatten().tolist()
         for c, ap in zip(classes, per_class):
             # COCO gives -1 to a class without ground truth: undefined, not zero.
             if ap >= 0 and 0 <= int(c) < self.num_classes:
-                self.log(f"{prefix}/map_class/{self.class_names[int(c)]}", float(ap))
+                self.log(
+                    f"{prefix}/map_class/{self.class_names[int(c)]}", float(ap), sync_dist=True
+                )
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
