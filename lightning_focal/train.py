@@ -27,8 +27,10 @@ from .app_utils import (
     instantiate_callbacks,
     instantiate_loggers,
 )
+from ._app_help import register_help_resolver
 
 log = logging.getLogger("lightning_focal.train")
+register_help_resolver()  # before @hydra.main: --help resolves its option lists
 
 __all__ = ["main", "train"]
 
