@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from ._app_help import register_help_resolver
 from .app_utils import (
     config_dir,
     data_kwargs_for,
@@ -27,7 +28,6 @@ from .app_utils import (
     instantiate_callbacks,
     instantiate_loggers,
 )
-from ._app_help import register_help_resolver
 
 log = logging.getLogger("lightning_focal.train")
 register_help_resolver()  # before @hydra.main: --help resolves its option lists

@@ -63,7 +63,11 @@ def test_help_says_what_the_app_does_lists_groups_and_readme_examples():
         description, listed = group_line(text, group).rsplit(": ", 1)
         assert len(description.split()) > 2, f"{group} has no description: {description!r}"
         assert [o.rstrip("*") for o in listed.split(", ")] == options
-    for group, default in {"data": "digits_lt", "model": "timm_classifier", "loss": "focal_cb"}.items():
+    for group, default in {
+        "data": "digits_lt",
+        "model": "timm_classifier",
+        "loss": "focal_cb",
+    }.items():
         assert f" {default}*" in group_line(text, group)
     lines = {" ".join(line.split()) for line in text.splitlines()}
     examples = readme_examples()

@@ -259,9 +259,7 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         # the results are equal on every rank: sync_dist's mean changes nothing, and without it
         # Lightning warns once per key under DDP
         for key in MAP_KEYS:
-            self.log(
-                f"{prefix}/{key}", results[key].float(), prog_bar=key == "map", sync_dist=True
-            )
+            self.log(f"{prefix}/{key}", results[key].float(), prog_bar=key == "map", sync_dist=True)
         self.log(f"{prefix}/recall", results["mar_100"].float(), sync_dist=True)
         classes = results["classes"].flatten().tolist()
         per_class = results["map_per_class"].flatten().tolist()
