@@ -131,18 +131,22 @@ def draw_detections(
 
 
 class DetectionSamples(Callback):
-    """Draw the predictions on the first images of the first validation batch, every few epochs.
+    """Draw the predictions on the first images of the first validation batch, at each validation.
 
     The module's ``validation_step`` should return the predictions (a list of dicts with
     ``boxes``, ``labels``, ``scores``, as :class:`~lightning_focal.models.DenseDetector`
     does); otherwise the callback runs ``pl_module(images)`` on them. Pictures (ground truth
     | predictions, see :func:`draw_detections`) are saved as PNG under ``output_dir``
     (default ``<trainer.log_dir>/detections``) and logged as ``val/detections`` to every
-    logger with a ``log_image(key, images, step)`` method, such as ``WandbLogger``. Only rank 0 draws; nothing is drawn during the sanity check.
+    logger with a ``log_image(key, images, step)`` method, such as ``WandbLogger``. Only rank 0
+    draws; nothing is drawn during the sanity check.
+
+    It counts validations, not epochs, so it draws whatever ``check_val_every_n_epoch`` or
+    ``val_check_interval`` the trainer has; the count is kept in the checkpoint.
 
     Args:
-        num_images: pictures per validation epoch.
-        every_n_epochs: draw after every n-th validation epoch.
+        num_images: pictures per validation.
+        every_n_validations: draw at every n-th validation (1: at each).
         output_dir: where to save the PNGs.
         min_score: predictions below this confidence are not drawn.
         class_names: names by class index (default: the module's ``class_names``).
@@ -155,28 +159,44 @@ class DetectionSamples(Callback):
     def __init__(
         self,
         num_images: int = 4,
-        every_n_epochs: int = 1,
+        every_n_validations: int = 1,
         output_dir: str | Path | None = None,
         min_score: float = 0.3,
         class_names: Sequence[str] | None = None,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
         self.num_images = num_images
-        self.every_n_epochs = every_n_epochs
+        self.every_n_validations = every_n_validations
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.min_score = min_score
         self.class_names = list(class_names) if class_names is not None else None
         self.saved: list[Path] = []
         self._directory: Path | None = None
         self._sample: tuple[Tensor, list[dict[str, Tensor]], list[dict[str, Tensor]]] | None = None
+        self.validations = 0  # validations seen, the sanity check not counted
 
     def _due(self, trainer: pl.Trainer) -> bool:
         return (
-            not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            not trainer.sanity_checking
+            and self.validations > 0
+            and self.validations % self.every_n_validations == 0
         )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = int(state_dict.get("validations", 0))
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validations += 1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

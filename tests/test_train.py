@@ -337,7 +337,6 @@ def test_cli_detection_experiment(tmp_path):
         "debug=fast",
         "threads=1",
         "data.num_train=32",
-        "callbacks.detection_samples.every_n_epochs=1",
     )
     (run,) = run_dirs(tmp_path, "detection_focal_warmup")
     header = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")

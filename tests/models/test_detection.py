@@ -413,10 +413,10 @@ def test_detection_samples_skip_sanity_check(tmp_path):
     ]  # not the sanity check
     assert samples.saved[0].parent == tmp_path / "pictures"
 
-    rare = DetectionSamples(every_n_epochs=2)
+    rare = DetectionSamples(every_n_validations=2)
     trainer(
         tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[rare]
     ).fit(small(FCOSDetector), loader(3), loader(3))
     assert rare.saved == []
-    with pytest.raises(ValueError, match="every_n_epochs"):
-        DetectionSamples(every_n_epochs=0)
+    with pytest.raises(ValueError, match="every_n_validations"):
+        DetectionSamples(every_n_validations=0)
