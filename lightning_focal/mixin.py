@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .losses import FocalLossBase, SoftmaxFocalLoss
 
-__all__ = ["FocalLossMixin", "find_focal_losses"]
+__all__ = ["FocalLossMixin", "find_focal_bias_layers", "find_focal_losses"]
 
 
 def find_focal_losses(module: nn.Module) -> dict[str, FocalLossBase]:
@@ -25,6 +25,34 @@ def find_focal_losses(module: nn.Module) -> dict[str, FocalLossBase]:
         ['aux', 'cls']
     """
     return {name: m for name, m in module.named_modules() if isinstance(m, FocalLossBase)}
+
+
+def find_focal_bias_layers(module: nn.Module) -> list[nn.Module]:
+    """The final classification layers that submodules of ``module`` declare for the prior bias.
+
+    A submodule declares them with a ``focal_bias_layers()`` method, as the detection heads
+    that :func:`lightning_focal.detection.with_focal_loss` attaches a loss to do (their
+    ``cls_logits`` conv). ``module`` itself is not asked.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Head(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.cls_logits = nn.Linear(4, 2)
+        ...     def focal_bias_layers(self):
+        ...         return [self.cls_logits]
+        >>> net = nn.Sequential(nn.Linear(4, 4), Head())
+        >>> [type(m).__name__ for m in find_focal_bias_layers(net)]
+        ['Linear']
+    """
+    layers: list[nn.Module] = []
+    for child in module.modules():
+        declare = getattr(child, "focal_bias_layers", None)
+        if child is not module and callable(declare):
+            layers.extend(m for m in declare() if not any(m is seen for seen in layers))
+    return layers
 
 
 class FocalLossMixin:
@@ -127,8 +155,16 @@ class FocalLossMixin:
         )
 
     def focal_bias_layers(self) -> list[nn.Module]:
-        """The final classification layers whose bias gets the prior; override for custom heads."""
-        return [self.get_submodule(n) for n in getattr(self, "_focal_bias_layer_names", [])]  # type: ignore[attr-defined]
+        """The final classification layers whose bias gets the prior; override for custom heads.
+
+        The layers named by ``bias_layer=`` in :meth:`configure_focal_loss`; without any, those
+        that submodules declare (:func:`find_focal_bias_layers`: the ``cls_logits`` of a
+        detector given to :func:`~lightning_focal.detection.with_focal_loss`).
+        """
+        names = getattr(self, "_focal_bias_layer_names", [])
+        if not names:
+            return find_focal_bias_layers(self)  # type: ignore[arg-type]
+        return [self.get_submodule(n) for n in names]  # type: ignore[attr-defined]
 
     def _focal_loss_hook(
         self, name: str, module: FocalLossBase, args: tuple, kwargs: dict, output: Tensor

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from ..mixin import find_focal_losses
+from ..mixin import find_focal_bias_layers, find_focal_losses
 
 __all__ = ["FocalBiasInit", "prior_bias"]
 
@@ -36,8 +36,10 @@ class FocalBiasInit(Callback):
     At the start of training every anchor then predicts "background" with p ≈ π, so the
     flood of easy negatives does not blow up the first steps (Lin et al., 2017). It acts in
     ``on_fit_start`` and does nothing when the fit resumes from a checkpoint
-    (``trainer.ckpt_path`` set). The layers come from ``layers`` (dotted names) or from the
-    module's :meth:`~lightning_focal.FocalLossMixin.focal_bias_layers`.
+    (``trainer.ckpt_path`` set). The layers come from ``layers`` (dotted names), from the
+    module's :meth:`~lightning_focal.FocalLossMixin.focal_bias_layers`, or else from the
+    submodules that declare them (the heads of a detector given to
+    :func:`~lightning_focal.detection.with_focal_loss`).
 
     Args:
         prior: π in (0, 1).
@@ -60,7 +62,7 @@ class FocalBiasInit(Callback):
         elif callable(getattr(pl_module, "focal_bias_layers", None)):
             modules = list(pl_module.focal_bias_layers())
         else:
-            modules = []
+            modules = find_focal_bias_layers(pl_module)
         if not modules:
             raise MisconfigurationException(
                 f"FocalBiasInit: {type(pl_module).__name__} names no classification layer; pass "

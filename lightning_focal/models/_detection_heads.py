@@ -2,8 +2,14 @@
 
 Only the classification term changes: the targets, the ignored band and the normalisers
 are built exactly as torchvision builds them, and the box-regression and centre-ness
-losses are torchvision's. The loss module is a submodule of the classification head, so
-``GammaWarmup``, ``ClassBalancedAlpha`` and ``FocalBiasInit`` find and steer it.
+losses are torchvision's. The loss module is a submodule of the classification head
+(``head.classification_head.focal_loss``), so ``GammaWarmup``, ``ClassBalancedAlpha`` and
+``FocalBiasInit`` find and steer it.
+
+These classes hold the package's one implementation of the focal classification term of a
+torchvision detector. :func:`lightning_focal.detection.with_focal_loss` turns the heads of a
+detector the user built into them (same weights, class swapped in place); constructing them
+directly, as the app's detectors do, gives the same classes.
 """
 
 from __future__ import annotations
@@ -129,6 +135,10 @@ class FocalRetinaNetClassificationHead(RetinaNetClassificationHead):
         valid = (matched != self.BETWEEN_THRESHOLDS).to(cls_logits.dtype)
         return self.focal_loss(cls_logits, gt_classes_target, weight=valid)
 
+    def focal_bias_layers(self) -> list[nn.Module]:
+        """The ``cls_logits`` conv, whose bias ``FocalBiasInit`` sets to the prior."""
+        return [self.cls_logits]
+
 
 class FocalRetinaNetHead(RetinaNetHead):
     """``RetinaNetHead`` with a :class:`FocalRetinaNetClassificationHead`; regression unchanged.
@@ -206,6 +216,10 @@ class FocalFCOSClassificationHead(FCOSClassificationHead):
         target = torch.zeros_like(cls_logits)
         target[foreground, gt_classes[foreground]] = 1.0
         return self.focal_loss(cls_logits, target)
+
+    def focal_bias_layers(self) -> list[nn.Module]:
+        """The ``cls_logits`` conv, whose bias ``FocalBiasInit`` sets to the prior."""
+        return [self.cls_logits]
 
 
 class FCOSExpRegressionHead(FCOSRegressionHead):
