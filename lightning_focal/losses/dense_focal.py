@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._base import AlphaArg, GammaArg
+from ._common import compute_dtype
 from .sigmoid_focal import SigmoidFocalLoss, _check_inputs, _sigmoid_focal_loss
 
 __all__ = ["NORMALIZATIONS", "DenseFocalLoss"]
@@ -130,7 +131,9 @@ class DenseFocalLoss(SigmoidFocalLoss):
             self.last_normalizer = torch.tensor(float(input[..., 0].numel()))
             reduction = "mean"
         elif self.normalization == "per_image":
-            scale = 1.0 / (per_image.clamp_min(1.0) * input.shape[0])
+            # in the loss's compute dtype: 1/(n·N) rounded to float32 is off by ~1e-8 in float64
+            counts = per_image.to(compute_dtype(input.dtype)).clamp_min(1.0)
+            scale = 1.0 / (counts * input.shape[0])
             scale = scale.view(-1, 1, 1)
             weight = scale if weight is None else weight.to(scale.dtype) * scale
             self.last_normalizer = per_image.clamp_min(1.0).mean().detach()
