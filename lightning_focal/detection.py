@@ -24,7 +24,10 @@ from .models._detection_heads import (
 
 __all__ = ["SUPPORTED_DETECTORS", "focal_loss_of", "with_focal_loss"]
 
-SUPPORTED_DETECTORS = ("torchvision.models.detection.RetinaNet", "torchvision.models.detection.FCOS")
+SUPPORTED_DETECTORS = (
+    "torchvision.models.detection.RetinaNet",
+    "torchvision.models.detection.FCOS",
+)
 
 Detector = TypeVar("Detector", RetinaNet, FCOS)
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -18,9 +17,15 @@ from torch.nn import functional as F
 pytest.importorskip("torchvision")
 
 import lightning.pytorch as pl
+from _detection_utils import (
+    NUM_CLASSES,
+    detection_loader,
+    images_and_targets,
+    small_fcos,
+    small_retinanet,
+)
 from _trainer_utils import fast_trainer
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
 from torchvision.models.detection import (
     FCOS,
     RetinaNet,
@@ -28,8 +33,7 @@ from torchvision.models.detection import (
     fcos_resnet50_fpn,
     retinanet_resnet50_fpn,
 )
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead
 
 from lightning_focal import DenseFocalLoss, FocalLossMixin, SigmoidFocalLoss
 from lightning_focal.callbacks import FocalBiasInit, GammaWarmup
@@ -37,39 +41,6 @@ from lightning_focal.callbacks.focal_bias_init import prior_bias
 from lightning_focal.detection import focal_loss_of, with_focal_loss
 from lightning_focal.mixin import find_focal_losses
 from lightning_focal.schedules import LinearRamp
-
-NUM_CLASSES = 4
-
-
-class TwoLevelBackbone(nn.Module):
-    """A custom backbone: two feature levels (strides 8 and 16) as an ordered dict."""
-
-    def __init__(self, out_channels: int = 32) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, out_channels, 3, stride=4, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1),
-        )
-        self.down = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        p3 = self.stem(x)
-        return OrderedDict([("p3", p3), ("p4", self.down(F.relu(p3)))])
-
-
-def small_retinanet(num_classes: int = NUM_CLASSES) -> RetinaNet:
-    anchors = AnchorGenerator(((16, 24), (32, 48)), ((0.5, 1.0, 2.0),) * 2)
-    return RetinaNet(
-        TwoLevelBackbone(), num_classes, min_size=64, max_size=64, anchor_generator=anchors
-    )
-
-
-def small_fcos(num_classes: int = NUM_CLASSES) -> FCOS:
-    anchors = AnchorGenerator(((8,), (16,)), ((1.0,),) * 2)
-    return FCOS(TwoLevelBackbone(), num_classes, min_size=64, max_size=64, anchor_generator=anchors)
 
 
 def resnet50_retinanet() -> RetinaNet:
@@ -82,22 +53,6 @@ def resnet50_fcos() -> FCOS:
     return fcos_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=NUM_CLASSES, min_size=64, max_size=64
     )
-
-
-def images_and_targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    generator = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, 64, 64, generator=generator) for _ in range(3)]
-    targets = [
-        {
-            "boxes": torch.tensor(
-                [[2.0, 2.0, 22.0, 22.0], [30.0, 8.0, 54.0, 40.0], [4.0, 36.0, 28.0, 60.0]]
-            ),
-            "labels": torch.tensor([0, 3, 1]),
-        },
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # no objects
-        {"boxes": torch.tensor([[10.0, 10.0, 42.0, 42.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
 
 
 def losses_and_grads(
@@ -207,7 +162,7 @@ def test_a_state_dict_without_the_loss_loads_strictly_and_one_with_it_restores_g
 
     partial = plain.state_dict()
     partial["head.classification_head.focal_loss.gamma"] = torch.tensor(1.0)
-    with pytest.raises(RuntimeError, match="focal_loss.normalizer_ema"):
+    with pytest.raises(RuntimeError, match=r"focal_loss\.normalizer_ema"):
         other.load_state_dict(partial)  # some of the loss's keys: checked as usual
 
 
@@ -255,7 +210,9 @@ def test_gamma_below_one_keeps_gradients_finite_where_torchvision_does_not():
 
 
 def test_other_models_and_losses_are_refused():
-    with pytest.raises(TypeError, match=r"RetinaNet and torchvision.models.detection.FCOS.*FasterRCNN"):
+    with pytest.raises(
+        TypeError, match=r"RetinaNet and torchvision.models.detection.FCOS.*FasterRCNN"
+    ):
         with_focal_loss(fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None))
     with pytest.raises(TypeError, match="supports"):
         with_focal_loss(nn.Linear(2, 2))  # type: ignore[arg-type]
@@ -320,12 +277,6 @@ def test_deepcopy_and_pickle_of_a_torchvision_head():
 
 
 # -- a user's LightningModule ----------------------------------------------------------------
-
-
-def detection_loader(batches: int = 3, batch_size: int = 2) -> DataLoader:
-    images, targets = images_and_targets()
-    items = [(images[i % 3], targets[i % 3]) for i in range(batches * batch_size)]
-    return DataLoader(items, batch_size=batch_size, collate_fn=lambda b: tuple(zip(*b)))
 
 
 class LitDetector(FocalLossMixin, pl.LightningModule):

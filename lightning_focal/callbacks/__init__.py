@@ -1,4 +1,4 @@
-"""Lightning callbacks that steer focal loss: γ schedules, class-balanced α, bias prior, calibration."""
+"""Lightning callbacks that steer focal loss (γ schedules, class-balanced α, bias prior, calibration) and draw it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .distributed_check import DistributedConsistencyCheck
 from .focal_bias_init import FocalBiasInit
 from .focal_plots import FocalPlots
 from .gamma_warmup import GammaWarmup
+from .loss_cdf import LossCDF
 from .run_length_check import RunLengthCheck
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "FocalBiasInit",
     "FocalPlots",
     "GammaWarmup",
+    "LossCDF",
     "RunLengthCheck",
 ]
