@@ -103,8 +103,8 @@ class LossCDF(Callback):
     leaves them out. The legend gives the share of the loss on the hardest 10 %. At γ=2 the
     negatives' curve hugs zero and rises at the end: the loss goes to a few hard negatives.
 
-    Where the samples come from: on the first ``num_batches`` validation batches of every
-    ``every_n_epochs``-th epoch, :meth:`collect` runs the torchvision ``RetinaNet`` / ``FCOS``
+    Where the samples come from: on the first ``num_batches`` batches of every
+    ``every_n_validations``-th validation, :meth:`collect` runs the torchvision ``RetinaNet`` / ``FCOS``
     inside the module (one built with :func:`~lightning_focal.detection.with_focal_loss`,
     or the app's ``RetinaNetDetector`` / ``FCOSDetector``) through its loss path on the
     batch, with gradients off and every layer in eval mode, and a forward hook on its focal
@@ -119,12 +119,15 @@ class LossCDF(Callback):
     (``WandbLogger``) as ``val/loss_cdf``. Under DDP every rank runs the pass (the loss may
     average its normaliser across ranks) and rank 0 draws its own share of the batches.
     Batches are ``(images, targets)``; override :meth:`unpack_batch` for another layout.
+    It counts validations, not epochs, so it draws whatever ``check_val_every_n_epoch`` or
+    ``val_check_interval`` the trainer has; the count is kept in the checkpoint.
 
     Args:
         gammas: the γ values to draw.
         num_batches: validation batches sampled per due epoch.
         max_samples: most samples kept per group (positives, negatives).
-        every_n_epochs: draw on every n-th validation epoch (sanity checks are skipped).
+        every_n_validations: draw at every n-th validation (1: at each; the sanity check is
+            skipped).
         output_dir: where the PNGs go.
         seed: of the subsampling generator.
 
@@ -145,7 +148,7 @@ class LossCDF(Callback):
         gammas: Sequence[float] = GAMMAS,
         num_batches: int = 4,
         max_samples: int = 1_000_000,
-        every_n_epochs: int = 1,
+        every_n_validations: int = 1,
         output_dir: str | Path | None = None,
         seed: int = 0,
     ) -> None:
@@ -155,14 +158,15 @@ class LossCDF(Callback):
         for name, value in (
             ("num_batches", num_batches),
             ("max_samples", max_samples),
-            ("every_n_epochs", every_n_epochs),
+            ("every_n_validations", every_n_validations),
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         self.gammas = gammas
         self.num_batches = int(num_batches)
         self.max_samples = int(max_samples)
-        self.every_n_epochs = int(every_n_epochs)
+        self.every_n_validations = int(every_n_validations)
+        self.validations = 0  # validations seen, the sanity check not counted
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.seed = seed
         self.saved: list[Path] = []
@@ -358,8 +362,18 @@ class LossCDF(Callback):
 
     def _due(self, trainer: pl.Trainer) -> bool:
         return (
-            not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            not trainer.sanity_checking
+            and self.validations > 0
+            and self.validations % self.every_n_validations == 0
         )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = int(state_dict.get("validations", 0))
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -370,6 +384,8 @@ class LossCDF(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validations += 1
         self.reset()
 
     @override

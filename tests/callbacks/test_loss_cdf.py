@@ -276,8 +276,29 @@ def test_fit_draws_after_validation(tmp_path, make_module):
     assert [key for key, _, _ in logger.images] == ["val/loss_cdf"] * 2
     assert [step for _, _, step in logger.images] == [3, 6]
 
+    assert cdf.state_dict() == {"validations": 2}
+
     # on demand, outside a fit
     on_demand = LossCDF()
     for batch in list(stacked_loader())[:2]:
         on_demand.collect(module, batch)
     assert on_demand.num_samples["positives"] > 0
+
+
+def test_counts_validations_not_epochs(tmp_path):
+    # validation every 2nd epoch, drawing at every 2nd validation: epochs 4 and 8 of 8
+    torch.manual_seed(0)
+    cdf = LossCDF(num_batches=1, every_n_validations=2)
+    trainer = fast_trainer(
+        tmp_path,
+        max_epochs=8,
+        callbacks=[cdf],
+        limit_train_batches=1,
+        limit_val_batches=1,
+        check_val_every_n_epoch=2,
+    )
+    trainer.fit(UserDetector(), stacked_loader(), stacked_loader())
+    assert [int(p.name.split("epoch")[1][:3]) for p in cdf.saved] == [3, 7]
+    resumed = LossCDF(every_n_validations=2)
+    resumed.load_state_dict(cdf.state_dict())
+    assert resumed.validations == 4
