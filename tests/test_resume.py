@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 
 from lightning_focal.app_utils import config_dir
+from lightning_focal.data import DigitsLTDataModule
 from lightning_focal.train import train
 
 MAX_STEPS = 10
@@ -49,7 +53,11 @@ class BatchRecorder(Callback):
             "targets": targets.tolist(),
             "images": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
         }
-        with self.path.open("a") as file:
+        path = self.path
+        if trainer.world_size > 1:  # one file per rank
+            path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as file:
             file.write(json.dumps(record) + "\n")
 
 
@@ -91,8 +99,8 @@ def run_app(output_dir: Path, *extra: str) -> dict[str, float]:
     return train(cfg)
 
 
-def batches(output_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (output_dir / "batches.jsonl").read_text().splitlines()]
+def batches(output_dir: Path, name: str = "batches.jsonl") -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (output_dir / name).read_text().splitlines()]
 
 
 def final_state(output_dir: Path) -> dict[str, Any]:
@@ -172,3 +180,97 @@ def test_resume_is_the_uninterrupted_run(
     assert len(names) == 2, names
     for name in names:
         assert torch.equal(ours["state_dict"][name], theirs["state_dict"][name]), name
+
+
+DDP = ("trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=32")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ddp_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Two CPU ranks (ddp_spawn), each with its own share (127 digits, 4 batches of 32);
+    resumed mid-epoch (step 6) and at an epoch boundary (step 8)."""
+    full = tmp_path / "full"
+    run_app(full, *DDP)
+    shares = []
+    for rank in (0, 1):
+        seen = batches(full, f"batches.rank{rank}.jsonl")
+        assert [r["step"] for r in seen] == list(range(MAX_STEPS))
+        shares.append(sum((r["targets"] for r in seen if r["epoch"] == 0), []))
+    # the ranks split the epoch: 127 images each, 254 together (no padding)
+    assert len(shares[0]) == len(shares[1]) == 127
+    counts = DigitsLTDataModule(seed=0).class_counts().tolist()
+    assert sorted(shares[0] + shares[1]) == [c for c, n in enumerate(counts) for _ in range(n)]
+    for step in (6, 8):
+        resumed = tmp_path / f"resumed_{step}"
+        run_app(resumed, *DDP, f"ckpt_path={full / 'every_step' / f's{step:02d}.ckpt'}")
+        for rank in (0, 1):
+            name = f"batches.rank{rank}.jsonl"
+            expected = [r for r in batches(full, name) if r["step"] >= step]
+            assert batches(resumed, name) == expected, (step, rank)
+        ours, theirs = final_state(resumed), final_state(full)
+        diffs = tensor_diffs(ours["state_dict"], theirs["state_dict"], "state_dict")
+        diffs += tensor_diffs(ours["optimizer_states"], theirs["optimizer_states"], "optimizer")
+        assert ours["global_step"] == MAX_STEPS and not diffs, (step, diffs[:3])
+
+
+
+# ---- resuming in the same run dir: the same wandb run; ckpt_path=last says when it has nothing
+
+
+def run_cli(cwd: Path, *args: str) -> str:
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "LIGHTNING_FOCAL_ROOT": str(cwd),
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(root), str(root / "tests"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    env.pop("WANDB_RUN_ID", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_focal.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_resume_in_the_run_dir_continues_the_wandb_run(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    run = tmp_path / "logs" / "train" / "runs" / "requeued"
+    args = [
+        "debug=fast",
+        "threads=1",
+        "test=false",
+        "logger=wandb",
+        "schedule=none",
+        "model.scheduler=null",
+        "callbacks.focal_plots=null",
+        f"hydra.run.dir={run}",
+        "ckpt_path=last",
+    ]
+    first = run_cli(tmp_path, *args, "trainer.max_steps=3")
+    # nothing to resume (the first job of a requeued run): said in one line, then from step 0
+    nothing = f"ckpt_path=last: nothing to resume (no last*.ckpt in ['{run / 'checkpoints'}'])"
+    assert f"{nothing}: training starts from step 0" in first
+    run_id = (run / "wandb_run_id").read_text()
+    assert len(run_id) == 8
+    second = run_cli(tmp_path, *args, "trainer.max_steps=6")
+    assert "nothing to resume" not in second and "Restored all states" in second
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    # one offline dir per start, both of the one wandb run (`wandb sync` appends them)
+    assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline), offline
+    assert (run / "wandb_run_id").read_text() == run_id
+    # a new run dir is a new wandb run
+    other = tmp_path / "logs" / "train" / "runs" / "other"
+    run_cli(tmp_path, *args[:-2], f"hydra.run.dir={other}", "trainer.max_steps=1")
+    assert (other / "wandb_run_id").read_text() != run_id
