@@ -10,17 +10,20 @@ the checkpoint, how many batches of the epoch were used, so a resume continues m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sized
+import random
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any, ClassVar, TypeVar
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset
 
 __all__ = [
     "EpochDataset",
     "ResumableDataLoader",
     "ResumableSampler",
+    "SeededSubset",
     "SplitsDataModule",
     "check_loader_args",
     "mix_seed",
@@ -202,6 +205,63 @@ class EpochDataset(Dataset[T_co]):
     def __getitem__(self, key: int | tuple[int, int]) -> T_co:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         return self.item(int(index), int(epoch))
+
+
+class SeededSubset(EpochDataset[T_co], Subset[T_co]):
+    """A ``Subset`` whose random transform is a pure function of ``(seed, epoch, index)``.
+
+    For datasets whose augmentation draws from the global generators (torchvision's and
+    timm's random crops and flips use torch's and Python's): item ``i`` of ``epoch`` runs
+    ``dataset[indices[i]]`` with torch's CPU, Python's and NumPy's global generators seeded
+    from ``mix_seed(seed, AUGMENT_STREAM, epoch, i)``, and puts their states back
+    afterwards, so the rest of the program sees no change. The item is then the same in any
+    worker or rank and in a resumed run. Keeps ``Subset``'s ``dataset`` and ``indices``.
+
+    Args:
+        dataset: the dataset, with its random transform.
+        indices: the items of ``dataset`` to keep, in order.
+        seed: seed of the augmentation.
+
+    Example:
+        >>> data = SeededSubset([10, 20, 30], [2, 0], seed=1)
+        >>> len(data), data[0], data[(5, 1)]
+        (2, 30, 10)
+        >>> noisy = SeededSubset(_RandomItem(), range(4), seed=1)
+        >>> noisy[(1, 2)] == noisy[(1, 2)], noisy[(1, 2)] == noisy[(2, 2)]
+        (True, False)
+    """
+
+    def __init__(self, dataset: Dataset[T_co], indices: Sequence[int], seed: int = 0) -> None:
+        Subset.__init__(self, dataset, indices)
+        self.seed = seed
+
+    def item(self, index: int, epoch: int) -> T_co:
+        """``dataset[indices[index]]`` under global generators seeded from ``(seed, epoch, index)``."""
+        seed = mix_seed(self.seed, AUGMENT_STREAM, epoch, index)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[self.indices[index]]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+    def __getitems__(self, keys: list[Any]) -> list[T_co]:  # type: ignore[override]
+        # Subset's batched read would index ``indices`` with the (epoch, index) keys
+        return [self[key] for key in keys]
+
+
+class _RandomItem(Dataset[float]):
+    """Four items that read torch's global generator (for the doctest)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> float:
+        return torch.rand(()).item()
 
 
 class ResumableDataLoader(DataLoader):
