@@ -67,5 +67,7 @@ def test_stable_run_id_refuses_an_empty_file(tmp_path):
     from lightning_focal.loggers import stable_run_id
 
     (tmp_path / "wandb_run_id").write_text("")
-    with pytest.raises(ValueError, match="wandb_run_id is empty: delete it, or give the logger an id"):
+    with pytest.raises(
+        ValueError, match="wandb_run_id is empty: delete it, or give the logger an id"
+    ):
         stable_run_id(tmp_path)

@@ -125,7 +125,9 @@ def tensor_diffs(a: Any, b: Any, where: str = "") -> list[str]:
             out += tensor_diffs(a[key], b[key], f"{where}.{key}")
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in tensor_diffs(x, y, f"{where}[{i}]")]
+        return [
+            d for i, (x, y) in enumerate(zip(a, b)) for d in tensor_diffs(x, y, f"{where}[{i}]")
+        ]
     return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
 
 
@@ -141,7 +143,7 @@ def test_the_uninterrupted_run_has_the_planned_shape(uninterrupted: Path) -> Non
     assert [r["step"] for r in seen] == list(range(MAX_STEPS))
     assert [r["epoch"] for r in seen] == [s // STEPS_PER_EPOCH for s in range(MAX_STEPS)]
     # every epoch sees every training image once, in a new order
-    epochs = [sum((r["targets"] for r in seen if r["epoch"] == e), []) for e in (0, 1)]
+    epochs = [[t for r in seen if r["epoch"] == e for t in r["targets"]] for e in (0, 1)]
     assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
     assert len(epochs[0]) == 254
     state = final_state(uninterrupted)
@@ -196,7 +198,7 @@ def test_ddp_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
     for rank in (0, 1):
         seen = batches(full, f"batches.rank{rank}.jsonl")
         assert [r["step"] for r in seen] == list(range(MAX_STEPS))
-        shares.append(sum((r["targets"] for r in seen if r["epoch"] == 0), []))
+        shares.append([t for r in seen if r["epoch"] == 0 for t in r["targets"]])
     # the ranks split the epoch: 127 images each, 254 together (no padding)
     assert len(shares[0]) == len(shares[1]) == 127
     counts = DigitsLTDataModule(seed=0).class_counts().tolist()
@@ -212,7 +214,6 @@ def test_ddp_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
         diffs = tensor_diffs(ours["state_dict"], theirs["state_dict"], "state_dict")
         diffs += tensor_diffs(ours["optimizer_states"], theirs["optimizer_states"], "optimizer")
         assert ours["global_step"] == MAX_STEPS and not diffs, (step, diffs[:3])
-
 
 
 # ---- resuming in the same run dir: the same wandb run; ckpt_path=last says when it has nothing
