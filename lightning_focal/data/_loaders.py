@@ -226,7 +226,9 @@ class SeededSubset(EpochDataset[T_co], Subset[T_co]):
         >>> data = SeededSubset([10, 20, 30], [2, 0], seed=1)
         >>> len(data), data[0], data[(5, 1)]
         (2, 30, 10)
-        >>> noisy = SeededSubset(_RandomItem(), range(4), seed=1)
+        >>> class Noisy(Dataset):  # reads torch's global generator, like torchvision transforms
+        ...     def __getitem__(self, index): return torch.rand(()).item()
+        >>> noisy = SeededSubset(Noisy(), range(4), seed=1)
         >>> noisy[(1, 2)] == noisy[(1, 2)], noisy[(1, 2)] == noisy[(2, 2)]
         (True, False)
     """
@@ -252,16 +254,6 @@ class SeededSubset(EpochDataset[T_co], Subset[T_co]):
     def __getitems__(self, keys: list[Any]) -> list[T_co]:  # type: ignore[override]
         # Subset's batched read would index ``indices`` with the (epoch, index) keys
         return [self[key] for key in keys]
-
-
-class _RandomItem(Dataset[float]):
-    """Four items that read torch's global generator (for the doctest)."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> float:
-        return torch.rand(()).item()
 
 
 class ResumableDataLoader(DataLoader):
