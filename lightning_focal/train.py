@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -116,6 +117,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # when there is none; say where it looks, since a new run dir has none
             searched = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks})
             log.info(f"ckpt_path=last: looking for the last checkpoint in {searched or 'no dir'}")
+            if not any(next(Path(d).glob("last*.ckpt"), None) for d in searched):
+                log.warning(
+                    f"ckpt_path=last: nothing to resume (no last*.ckpt in {searched or 'no dir'}): "
+                    "training starts from step 0"
+                )
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if cfg.get("test", True):

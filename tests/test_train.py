@@ -259,6 +259,7 @@ def test_resume_last_in_the_same_run_dir(tmp_path):
     output = first.stdout + first.stderr
     assert 'ckpt_path="last") is set, but there is no last checkpoint available' in output
     assert f"ckpt_path=last: looking for the last checkpoint in ['{run / 'checkpoints'}']" in output
+    assert "ckpt_path=last: nothing to resume (no last*.ckpt in" in output
     import torch
 
     # validation ran at step 3 only (3 batches an epoch): last.ckpt still holds step 5
@@ -267,6 +268,7 @@ def test_resume_last_in_the_same_run_dir(tmp_path):
     # the same command resumes from last.ckpt (4 more steps) and continues metrics.csv
     resumed = run_cli(tmp_path, *args, "trainer.max_steps=9", "model.scheduler=null")
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert "nothing to resume" not in resumed.stdout + resumed.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
     with open(run / "csv" / "version_0" / "metrics.csv", newline="") as file:
         steps = [int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]]

@@ -6,6 +6,13 @@ scikit-learn are imported inside the methods that need them.
 
 from __future__ import annotations
 
+from lightning_focal.data._loaders import (
+    EpochDataset,
+    ResumableDataLoader,
+    ResumableSampler,
+    SeededSubset,
+    seeded_dataloader,
+)
 from lightning_focal.data.cifar_lt import CIFAR10LTDataModule, CIFAR100LTDataModule
 from lightning_focal.data.class_counts import ClassCountsProvider, counts_from_targets
 from lightning_focal.data.coco import CocoDetectionDataModule, CocoDetectionDataset
@@ -28,8 +35,12 @@ __all__ = [
     "CocoDetectionDataModule",
     "CocoDetectionDataset",
     "DigitsLTDataModule",
+    "EpochDataset",
     "ImageFolderDataModule",
     "PlacedShape",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "SeededSubset",
     "ShapesDataModule",
     "ShapesDataset",
     "ShapesLayout",
@@ -38,4 +49,5 @@ __all__ = [
     "detection_dataloader",
     "longtail_counts",
     "longtail_indices",
+    "seeded_dataloader",
 ]

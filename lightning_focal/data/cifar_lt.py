@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data._loaders import SeededSubset, SplitsDataModule, check_loader_args
 from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
@@ -131,7 +131,8 @@ class _CIFARLTDataModule(SplitsDataModule):
                 )
             val_counts = [hp.val_per_class] * self._num_classes
             val = Subset(test, longtail_indices(test.targets, val_counts, seed=hp.seed))
-        self.train_set = Subset(full, indices)
+        # the random crop and flip of item i in epoch e come from (seed, e, i): resumable
+        self.train_set = SeededSubset(full, indices, seed=hp.seed)
         self.val_set = val
         self.test_set = test
 
@@ -154,7 +155,8 @@ class CIFAR10LTDataModule(_CIFARLTDataModule):
       the published profile.
 
     Train images get the standard augmentation (random 32x32 crop with 4 pixels of
-    padding, horizontal flip); all images are normalised with the train set's channel mean
+    padding, horizontal flip), a pure function of ``(seed, epoch, index)``
+    (:class:`~lightning_focal.data._loaders.SeededSubset`), so a resumed run is the same run; all images are normalised with the train set's channel mean
     and std. ``prepare_data`` downloads (only when ``download=True``); ``setup`` never does.
 
     Args:
@@ -196,7 +198,8 @@ class CIFAR100LTDataModule(_CIFARLTDataModule):
       the published profile.
 
     Train images get the standard augmentation (random 32x32 crop with 4 pixels of
-    padding, horizontal flip); all images are normalised with the train set's channel mean
+    padding, horizontal flip), a pure function of ``(seed, epoch, index)``
+    (:class:`~lightning_focal.data._loaders.SeededSubset`), so a resumed run is the same run; all images are normalised with the train set's channel mean
     and std. ``prepare_data`` downloads (only when ``download=True``); ``setup`` never does.
 
     Args:

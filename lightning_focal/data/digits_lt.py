@@ -13,9 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data._loaders import (
+    NOISE_STREAM,
+    EpochDataset,
+    SplitsDataModule,
+    check_loader_args,
+    mix_seed,
+)
 from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
@@ -48,14 +54,16 @@ class DigitsLTDataModule(SplitsDataModule):
     Images are standardised with the mean and standard deviation of all train pixels,
     then get additive Gaussian noise of standard deviation ``noise_std`` on the
     standardised 8x8 pixels, then are upsampled bilinearly to ``image_size`` and replicated
-    to ``in_chans`` channels. Training images get fresh noise on every read
-    (:class:`NoisyDigits`, an augmentation: a fixed draw would be memorised); validation
-    and test images get one draw from a generator seeded with ``seed``, so evaluation is
-    deterministic and the same on every DDP rank.
+    to ``in_chans`` channels. Training images get new noise every epoch
+    (:class:`NoisyDigits`, an augmentation: a fixed draw would be memorised), a pure
+    function of ``(seed, epoch, index)``; validation and test images get one draw from a
+    generator seeded with ``seed``, so evaluation is deterministic and the same on every
+    DDP rank.
 
-    All tensors are held in memory. ``train_dataloader`` shuffles with a
-    generator seeded with ``seed``; under DDP Lightning swaps in a ``DistributedSampler``
-    (seeded by ``seed_everything``). val and test are not shuffled.
+    All tensors are held in memory. ``train_dataloader``'s order is a pure function of
+    ``(seed, epoch)`` and resumes mid-epoch (see
+    :class:`~lightning_focal.data._loaders.SplitsDataModule`; under DDP each rank takes
+    its share). val and test are not shuffled.
 
     Args:
         batch_size: samples per batch.
@@ -217,6 +225,7 @@ class DigitsLTDataModule(SplitsDataModule):
             hp.noise_std,
             hp.image_size,
             hp.in_chans,
+            seed=hp.seed,
         )
         self.val_set = dataset(plan.val_indices)
         self.test_set = dataset(plan.test_indices)
@@ -232,35 +241,49 @@ def _upsample(images: Tensor, image_size: int, in_chans: int) -> Tensor:
     return images.repeat(1, in_chans, 1, 1)
 
 
-class NoisyDigits(Dataset):
-    """Training digits with FRESH Gaussian pixel noise on every read (an augmentation).
+class NoisyDigits(EpochDataset[tuple[Tensor, Tensor]]):
+    """Training digits with new Gaussian pixel noise every epoch (an augmentation).
 
     A fixed noise draw is memorised like the clean images (the 1-3 tail images are fit
-    exactly and every loss ends at the same accuracy); fresh noise keeps the tail hard.
-    The noise comes from torch's global generator, which ``seed_everything(workers=True)``
-    seeds per rank and worker. ``tensors`` holds the clean standardised 8x8 images and the
-    targets.
+    exactly and every loss ends at the same accuracy); new noise keeps the tail hard. The
+    noise of item ``index`` in ``epoch`` comes from a generator seeded with
+    ``mix_seed(seed, NOISE_STREAM, epoch, index)``: the same in every worker and rank and
+    in a resumed run, and a new draw every epoch (``ds[(epoch, index)]``; ``ds[index]`` is
+    epoch 0). ``tensors`` holds the clean standardised 8x8 images and the targets.
 
     Example:
-        >>> ds = NoisyDigits(torch.zeros(2, 8, 8), torch.tensor([0, 1]), 1.0, 16, 3)
+        >>> ds = NoisyDigits(torch.zeros(2, 8, 8), torch.tensor([0, 1]), 1.0, 16, 3, seed=0)
         >>> x, y = ds[1]; tuple(x.shape), int(y)
         ((3, 16, 16), 1)
+        >>> torch.equal(ds[(2, 1)][0], ds[(2, 1)][0]), torch.equal(ds[(2, 1)][0], ds[(3, 1)][0])
+        (True, False)
     """
 
     def __init__(
-        self, images: Tensor, targets: Tensor, noise_std: float, image_size: int, in_chans: int
+        self,
+        images: Tensor,
+        targets: Tensor,
+        noise_std: float,
+        image_size: int,
+        in_chans: int,
+        seed: int = 0,
     ) -> None:
         self.tensors = (images, targets)
         self.targets = targets
         self.noise_std = noise_std
         self.image_size = image_size
         self.in_chans = in_chans
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def item(self, index: int, epoch: int) -> tuple[Tensor, Tensor]:
+        """Image ``index`` with the noise of ``epoch``, upsampled, and its target."""
         image = self.tensors[0][index]
         if self.noise_std > 0:
-            image = image + torch.randn_like(image) * self.noise_std
+            generator = torch.Generator().manual_seed(
+                mix_seed(self.seed, NOISE_STREAM, epoch, index)
+            )
+            image = image + torch.randn(image.shape, generator=generator) * self.noise_std
         return _upsample(image.unsqueeze(0), self.image_size, self.in_chans)[0], self.targets[index]

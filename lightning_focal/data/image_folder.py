@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data._loaders import SeededSubset, SplitsDataModule, check_loader_args
 from lightning_focal.data.class_counts import counts_from_targets
 from lightning_focal.data.longtail import _check_longtail_args, longtail_counts, longtail_indices
 
@@ -38,9 +38,10 @@ class ImageFolderDataModule(SplitsDataModule):
 
     Transforms come from timm (imported when first needed): ``resolve_data_config`` gives
     the input size, mean, std, interpolation and crop fraction, and ``create_transform``
-    builds timm's training augmentation (random resized crop, flip, colour jitter) and its
-    evaluation resize + centre crop. With ``model_name`` the configuration is the model's
-    pretrained config (``timm.create_model(model_name, pretrained=False)``, no download);
+    builds timm's training augmentation (random resized crop, flip, colour jitter; a pure
+    function of ``(seed, epoch, index)`` through
+    :class:`~lightning_focal.data._loaders.SeededSubset`) and its evaluation resize +
+    centre crop. With ``model_name`` the configuration is the model's pretrained config (``timm.create_model(model_name, pretrained=False)``, no download);
     without it, ImageNet's mean and std. ``image_size`` overrides the input size in both
     cases; ``image_size=None`` keeps the model's own.
 
@@ -183,8 +184,8 @@ class ImageFolderDataModule(SplitsDataModule):
             return
         dataset, indices = self._scan_train()
         dataset.transform = self._transform(training=True)
-        subsampled = self.hparams.imbalance_ratio is not None
-        self.train_set = Subset(dataset, indices) if subsampled else dataset
+        # timm's random crop, flip and jitter of item i in epoch e come from (seed, e, i)
+        self.train_set = SeededSubset(dataset, indices, seed=self.hparams.seed)
 
     def _build_val(self) -> None:
         if self.val_set is not None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_focal.data._loaders import SplitsDataModule, check_loader_args
+from lightning_focal.data._loaders import SplitsDataModule, check_loader_args, mix_seed
 from lightning_focal.data.detection_utils import detection_collate
 
 __all__ = ["PlacedShape", "ShapesDataModule", "ShapesDataset", "ShapesLayout"]
@@ -41,22 +41,6 @@ _PLACEMENT_TRIES = 20
 _HEADER = 10  # n_objects, n_distractors, n_clutter, base rgb, gradient angle, gradient rgb
 _SHAPE_SLOT = 7 + 2 * _PLACEMENT_TRIES  # kind, size, rotation, channel, rgb, tries (x, y)
 _CLUTTER_SLOT = 8  # kind, x, y, angle or width, rgb amplitude, spare
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
-def _mix_seed(*values: int) -> int:
-    """A 63-bit seed that depends on every value (nearby seeds give unrelated streams)."""
-    state = 0
-    for value in values:
-        state = _splitmix64(state ^ (value & _MASK64))
-    return state >> 1
 
 
 @dataclass(frozen=True)
@@ -301,7 +285,7 @@ class ShapesDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
     def _generator(self, index: int) -> torch.Generator:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} images")
-        return torch.Generator().manual_seed(_mix_seed(self.seed, index))
+        return torch.Generator().manual_seed(mix_seed(self.seed, index))
 
     def _layout_length(self) -> int:
         shapes = self.max_objects + self.max_distractors
@@ -533,7 +517,7 @@ class ShapesDataModule(SplitsDataModule):
         weights = hp.class_weights
         return ShapesDataset(
             num_images=num_images,
-            seed=_mix_seed(hp.seed, split),
+            seed=mix_seed(hp.seed, split),
             image_size=hp.image_size,
             num_classes=hp.num_classes,
             class_weights=None if weights is None else tuple(weights),

@@ -112,10 +112,20 @@ def test_cifar10_eval_transform_is_normalisation_only(cifar10_root: Path) -> Non
 def test_cifar10_train_transform_augments(cifar10_root: Path) -> None:
     dm = CIFAR10LTDataModule(str(cifar10_root), download=False, val_per_class=2)
     dm.setup("fit")
+    # a new crop and flip every epoch, each a pure function of (seed, epoch, index): the
+    # global generators have no say and are left as they were
     torch.manual_seed(0)
-    views = torch.stack([dm.train_set[0][0] for _ in range(8)])
+    state = torch.get_rng_state()
+    views = torch.stack([dm.train_set[(epoch, 0)][0] for epoch in range(8)])
+    assert torch.equal(torch.get_rng_state(), state)
     assert views.shape == (8, 3, 32, 32)
     assert not all(torch.equal(views[0], v) for v in views[1:])
+    torch.manual_seed(1)
+    assert torch.equal(dm.train_set[(3, 0)][0], views[3])
+    other_seed = CIFAR10LTDataModule(str(cifar10_root), download=False, val_per_class=2, seed=1)
+    other_seed.setup("fit")
+    index = other_seed.train_set.indices.index(dm.train_set.indices[0])
+    assert not torch.equal(other_seed.train_set[(3, index)][0], views[3])
 
 
 def test_cifar10_standard_augmentation(cifar10_root: Path) -> None:

@@ -142,10 +142,9 @@ def test_noise_is_fixed_and_scaled() -> None:
     # Same splits whatever the noise.
     assert torch.equal(clean.test_set.tensors[1], noisy.test_set.tensors[1])
     # Validation and test images are the same tensors every time; training images get
-    # fresh noise on every read (an augmentation), around the clean image.
+    # new noise every epoch (an augmentation), around the clean image.
     assert torch.equal(noisy.val_set[5][0], noisy.val_set[5][0])
-    torch.manual_seed(0)
-    first, second = noisy.train_set[5][0], noisy.train_set[5][0]
+    first, second = noisy.train_set[(0, 5)][0], noisy.train_set[(1, 5)][0]
     assert not torch.equal(first, second)
     clean_image = clean.train_set[5][0]
     assert torch.equal(clean.train_set[5][0], clean_image)
@@ -216,14 +215,45 @@ def test_trains_in_lightning(tmp_path) -> None:
     assert torch.equal(torch.bincount(seen, minlength=10), dm.class_counts())
 
 
-def test_train_loader_leaves_sampler_to_lightning(digits_dm: DigitsLTDataModule) -> None:
-    # A plain DataLoader over a RandomSampler is what Lightning replaces with a
-    # DistributedSampler; a custom sampler or loader class would need wrapping.
-    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+def test_train_loader_is_resumable_and_val_is_left_to_lightning(
+    digits_dm: DigitsLTDataModule,
+) -> None:
+    # The train loader shards itself (a DistributedSampler subclass, which Lightning keeps)
+    # and keeps its position in the checkpoint; val is a plain DataLoader in order, which
+    # Lightning gives a DistributedSampler under DDP.
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    from lightning_focal.data._loaders import ResumableDataLoader, ResumableSampler
 
     train, val = digits_dm.train_dataloader(), digits_dm.val_dataloader()
-    assert type(train) is DataLoader and isinstance(train.sampler, RandomSampler)
+    assert isinstance(train, ResumableDataLoader) and isinstance(train.sampler, ResumableSampler)
+    assert train.sampler.epoch_keys  # NoisyDigits gets (epoch, index) keys
     assert type(val) is DataLoader and isinstance(val.sampler, SequentialSampler)
+
+
+def test_train_noise_is_a_pure_function_of_seed_epoch_and_index(
+    digits_dm: DigitsLTDataModule,
+) -> None:
+    import lightning.pytorch as pl
+
+    from lightning_focal.data.digits_lt import NoisyDigits
+
+    train = digits_dm.train_set
+    assert isinstance(train, NoisyDigits)
+    first = train[(1, 5)][0]
+    torch.manual_seed(123)  # the global generator has no say
+    assert torch.equal(train[(1, 5)][0], first)
+    assert not torch.equal(train[(2, 5)][0], first) and not torch.equal(train[(1, 6)][0], first)
+    # the same batches with and without worker processes, seeded or not
+    loaders = []
+    for num_workers in (0, 2):
+        pl.seed_everything(7, workers=True)
+        dm = DigitsLTDataModule(batch_size=64, image_size=8, num_workers=num_workers)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(3)
+        loaders.append([torch.cat([x.flatten(1), y[:, None]], 1) for x, y in loader])
+    assert all(torch.equal(a, b) for a, b in zip(*loaders)) and len(loaders[0]) == 4
 
 
 class _CountingModel(L.LightningModule):

@@ -148,3 +148,22 @@ def test_package_import_is_light(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, heavy, None)
     fresh = importlib.import_module("lightning_focal.data")
     assert fresh.ImageFolderDataModule is not ImageFolderDataModule
+
+
+def test_train_augmentation_is_a_pure_function_of_seed_epoch_and_index(tree: Path) -> None:
+    # timm's random resized crop and flip draw from torch's and Python's global generators;
+    # the train split seeds them per (seed, epoch, index) and puts them back
+    import random
+
+    dm = ImageFolderDataModule(str(tree), image_size=16, seed=3)
+    dm.setup("fit")
+    assert dm.train_set.indices == list(range(48))  # not subsampled: all of them, in order
+    random.seed(0)
+    torch.manual_seed(0)
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    views = [dm.train_set[(epoch, 5)][0] for epoch in range(6)]
+    assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
+    assert not all(torch.equal(views[0], v) for v in views[1:])
+    random.seed(1)
+    torch.manual_seed(1)
+    assert torch.equal(dm.train_set[(4, 5)][0], views[4])

@@ -1,11 +1,11 @@
-"""The shared loader plumbing: argument checks, seeded loaders and the split datamodule base."""
+"""The shared loader plumbing: argument checks, resumable seeded loaders, the split datamodule base."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler, TensorDataset
 
 from lightning_focal.data import (
     CIFAR10LTDataModule,
@@ -14,7 +14,16 @@ from lightning_focal.data import (
     ImageFolderDataModule,
     ShapesDataModule,
 )
-from lightning_focal.data._loaders import SplitsDataModule, check_loader_args, seeded_dataloader
+from lightning_focal.data._loaders import (
+    ORDER_STREAM,
+    EpochDataset,
+    ResumableDataLoader,
+    ResumableSampler,
+    SplitsDataModule,
+    check_loader_args,
+    mix_seed,
+    seeded_dataloader,
+)
 
 NUM_TRAIN = 10
 
@@ -23,11 +32,10 @@ def _order(loader) -> list[int]:
     return [int(i) for (batch,) in loader for i in batch]
 
 
-def _reference_order(seed: int) -> list[int]:
-    """The order of a plain shuffling ``DataLoader`` with a generator seeded with ``seed``."""
-    dataset = TensorDataset(torch.arange(NUM_TRAIN))
-    generator = torch.Generator().manual_seed(seed)
-    return _order(DataLoader(dataset, batch_size=NUM_TRAIN, shuffle=True, generator=generator))
+def _reference_order(seed: int, epoch: int = 0, n: int = NUM_TRAIN) -> list[int]:
+    """The documented order: ``randperm`` seeded with ``mix_seed(seed, ORDER_STREAM, epoch)``."""
+    generator = torch.Generator().manual_seed(mix_seed(seed, ORDER_STREAM, epoch))
+    return torch.randperm(n, generator=generator).tolist()
 
 
 class _Toy(SplitsDataModule):
@@ -103,7 +111,8 @@ def test_split_loaders_follow_the_hyperparameters() -> None:
     dm.setup()
     expected = _reference_order(7)
     train = dm.train_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.batch_size == 3
+    assert isinstance(train, ResumableDataLoader) and train.batch_size == 3
+    assert isinstance(train.sampler, ResumableSampler) and train.sampler.num_replicas == 1
     assert _order(train) == expected and _order(dm.train_dataloader()) == expected
     val, test = dm.val_dataloader(), dm.test_dataloader()
     assert isinstance(val.sampler, SequentialSampler)
@@ -146,4 +155,162 @@ def test_every_datamodule_keeps_its_loader_settings(make, persistent: bool, coll
     loader = dm.train_dataloader()
     assert loader.persistent_workers is persistent
     assert loader.collate_fn.__name__ == collate
-    assert loader.generator.initial_seed() == dm.hparams.seed
+    assert loader.sampler.seed == loader.generator.initial_seed() == dm.hparams.seed
+
+
+# ---- order as a pure function of (seed, epoch), resumable mid-epoch --------------------------
+
+
+def _epoch(loader, epoch: int) -> list[int]:
+    loader.sampler.set_epoch(epoch)
+    return _order(loader)
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch() -> None:
+    dataset = TensorDataset(torch.arange(NUM_TRAIN))
+    loader = seeded_dataloader(dataset, 4, shuffle=True, seed=5)
+    orders = [_epoch(loader, e) for e in (0, 1, 2)]
+    assert orders == [_reference_order(5, e) for e in (0, 1, 2)]
+    assert all(sorted(o) == list(range(NUM_TRAIN)) for o in orders) and orders[0] != orders[1]
+    # a fresh loader (a new process, a resumed run) asked for epoch 2 first gives epoch 2's
+    assert _epoch(seeded_dataloader(dataset, 4, shuffle=True, seed=5), 2) == orders[2]
+    assert _epoch(loader, 0) == orders[0]  # going back repeats too
+    # seed + epoch does not alias (DistributedSampler's seed 0 epoch 1 is seed 1 epoch 0)
+    assert _reference_order(0, 1) != _reference_order(1, 0)
+
+
+@pytest.mark.parametrize(
+    ("n", "ranks", "drop_last"), [(10, 2, False), (11, 3, False), (11, 3, True)]
+)
+def test_ranks_share_an_epoch_like_distributed_sampler(n: int, ranks: int, drop_last: bool) -> None:
+    order = _reference_order(3, 4, n)
+    shards = [
+        ResumableSampler(range(n), seed=3, num_replicas=ranks, rank=r, drop_last=drop_last)
+        for r in range(ranks)
+    ]
+    for sampler in shards:
+        sampler.set_epoch(4)
+    # DistributedSampler's layout over our order: the same padding, trimming and striding
+    reference = [
+        DistributedSampler(range(n), ranks, r, shuffle=False, drop_last=drop_last)
+        for r in range(ranks)
+    ]
+    assert [list(s) for s in shards] == [[order[i] for i in ref] for ref in reference]
+    assert len({len(list(s)) for s in shards}) == 1
+    if not drop_last:
+        assert set().union(*(set(s) for s in shards)) == set(range(n))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("stop", [1, 2, 3])
+def test_a_restored_loader_continues_the_epoch(num_workers: int, stop: int) -> None:
+    """3 batches an epoch; the state after ``stop`` batches continues the epoch, or the next."""
+    dataset = TensorDataset(torch.arange(NUM_TRAIN))
+
+    def make() -> DataLoader:
+        return seeded_dataloader(dataset, 4, shuffle=True, seed=2, num_workers=num_workers)
+
+    loader = make()
+    loader.sampler.set_epoch(1)
+    batches = iter(loader)
+    head = [next(batches)[0].tolist() for _ in range(stop)]  # workers prefetch beyond this
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": stop, "num_replicas": 1}
+    tail = [b[0].tolist() for b in batches]
+    assert [i for batch in head + tail for i in batch] == _reference_order(2, 1)
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    if stop == 3:  # the epoch was over: Lightning moves on to epoch 2, which starts afresh
+        resumed.sampler.set_epoch(2)
+        assert _order(resumed) == _reference_order(2, 2)
+    else:
+        resumed.sampler.set_epoch(1)
+        assert [b[0].tolist() for b in resumed] == tail
+        assert resumed.state_dict()["batches"] == 3
+    # only the first iteration after a restore skips
+    assert _order(resumed) == _reference_order(2, resumed.sampler.epoch)
+
+
+def test_a_restored_loader_over_another_sampler_skips_by_drawing() -> None:
+    dataset = TensorDataset(torch.arange(NUM_TRAIN))
+    loader = ResumableDataLoader(dataset, batch_size=3, sampler=SequentialSampler(dataset))
+    batches = iter(loader)
+    next(batches), next(batches)
+    state = loader.state_dict()
+    assert state["epoch"] is None and state["batches"] == 2
+    resumed = ResumableDataLoader(dataset, batch_size=3, sampler=SequentialSampler(dataset))
+    resumed.load_state_dict(state)
+    assert _order(resumed) == [6, 7, 8, 9]
+
+
+def test_a_mid_epoch_state_of_another_world_size_is_refused() -> None:
+    dataset = TensorDataset(torch.arange(NUM_TRAIN))
+    two_ranks = seeded_dataloader(dataset, 2, shuffle=True, num_replicas=2, rank=0)
+    batches = iter(two_ranks)
+    next(batches)
+    one_rank = seeded_dataloader(dataset, 2, shuffle=True)
+    one_rank.load_state_dict(two_ranks.state_dict())
+    with pytest.raises(
+        ValueError,
+        match=r"on each of 2 ranks, and this run has 1: resume with trainer.devices x trainer.num_nodes = 2",
+    ):
+        next(iter(one_rank))
+    # at an epoch's end the next epoch starts afresh on any number of ranks
+    one_rank.load_state_dict({"epoch": 0, "batches": 3, "num_replicas": 2})
+    one_rank.sampler.set_epoch(1)
+    assert _order(one_rank) == _reference_order(0, 1)
+
+
+class _Keyed(EpochDataset):
+    def __len__(self) -> int:
+        return NUM_TRAIN
+
+    def item(self, index: int, epoch: int) -> torch.Tensor:
+        return torch.tensor([epoch, index])
+
+
+def test_an_epoch_dataset_gets_the_epoch_in_every_worker() -> None:
+    for num_workers, persistent in [(0, False), (2, True)]:
+        loader = seeded_dataloader(
+            _Keyed(),
+            4,
+            shuffle=True,
+            seed=1,
+            num_workers=num_workers,
+            persistent_workers=persistent,
+        )
+        for epoch in (0, 3):
+            loader.sampler.set_epoch(epoch)
+            items = torch.cat(list(loader))
+            assert items[:, 0].tolist() == [epoch] * NUM_TRAIN
+            assert items[:, 1].tolist() == _reference_order(1, epoch)
+    assert seeded_dataloader(TensorDataset(torch.arange(3)), 2, True).sampler.epoch_keys is False
+
+
+class _FakeTrainer:
+    def __init__(self, kwargs, use_distributed_sampler: bool = True) -> None:
+        self.distributed_sampler_kwargs = kwargs
+        self._accelerator_connector = type(
+            "C", (), {"use_distributed_sampler": use_distributed_sampler}
+        )()
+
+
+@pytest.mark.parametrize(
+    ("trainer", "shard"),
+    [
+        (None, (1, 0)),
+        (_FakeTrainer(None), (1, 0)),
+        (_FakeTrainer({"num_replicas": 4, "rank": 3}), (4, 3)),
+        (_FakeTrainer({"num_replicas": 4, "rank": 3}, use_distributed_sampler=False), (1, 0)),
+    ],
+)
+def test_the_train_loader_takes_this_ranks_share(trainer, shard) -> None:
+    dm = _Toy()
+    dm.setup()
+    dm.trainer = trainer
+    sampler = dm.train_dataloader().sampler
+    assert (sampler.num_replicas, sampler.rank) == shard
+    # a DistributedSampler, so Lightning keeps it instead of swapping in its own
+    assert isinstance(sampler, DistributedSampler)
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
