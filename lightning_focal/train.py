@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ._app_help import register_help_resolver
 from .app_utils import (
+    check_config,
     config_dir,
     data_kwargs_for,
-    focal_callbacks,
     instantiate_callbacks,
     instantiate_loggers,
 )
@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         >>> callable(train)
         True
     """
+    check_config(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if cfg.get("seed") is not None:
@@ -102,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: pl.LightningModule = instantiate(
         cfg.model, _convert_="all", **data_kwargs_for(cfg.model, datamodule)
     )
-    callbacks = instantiate_callbacks(cfg.get("callbacks")) + focal_callbacks(cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
