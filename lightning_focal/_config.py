@@ -11,7 +11,11 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["accepted_arguments", "check_arguments"]
+__all__ = ["ConfigError", "accepted_arguments", "check_arguments"]
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be honoured; the message names the key to change."""
 
 
 def accepted_arguments(target: Callable[..., Any]) -> list[str] | None:
@@ -46,7 +50,7 @@ def check_arguments(target: Callable[..., Any], keys: Iterable[str], where: str)
         >>> check_arguments(SoftmaxFocalLoss, ["gama"], "loss")
         Traceback (most recent call last):
           ...
-        ValueError: unknown config key loss.gama: SoftmaxFocalLoss takes no argument 'gama' (did you mean 'gamma'?); it takes gamma, alpha, reduction, ignore_index, label_smoothing, poly1, num_classes
+        lightning_focal._config.ConfigError: unknown config key loss.gama: SoftmaxFocalLoss takes no argument 'gama' (did you mean 'gamma'?); it takes gamma, alpha, reduction, ignore_index, label_smoothing, poly1, num_classes
     """
     accepted = accepted_arguments(target)
     if accepted is None:
@@ -59,7 +63,7 @@ def check_arguments(target: Callable[..., Any], keys: Iterable[str], where: str)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     more = f" (and {', '.join(f'{where}.{k}' for k in unknown[1:])})" if unknown[1:] else ""
     name = getattr(target, "__qualname__", repr(target))
-    raise ValueError(
+    raise ConfigError(
         f"unknown config key {where}.{key}{more}: {name} takes no argument {key!r}{hint}; "
         f"it takes {', '.join(accepted)}"
     )

@@ -13,7 +13,10 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from ._config import ConfigError
+
 __all__ = [
+    "ConfigError",
     "check_config",
     "config_dir",
     "data_kwargs_for",
@@ -23,7 +26,7 @@ __all__ = [
 
 
 def _required(message: str) -> NoReturn:
-    raise ValueError(message)
+    raise ConfigError(message)
 
 
 # `${required:'what to give'}` marks a value the user must give. OmegaConf's `???` cannot
@@ -60,7 +63,7 @@ def _named_nodes(cfg: Any, kind: str) -> list[Any]:
         if node is None:
             continue
         if not isinstance(node, Mapping) or "_target_" not in node:
-            raise ValueError(
+            raise ConfigError(
                 f"{kind}.{name} must be a node with a _target_ (or null to switch it off)"
             )
         objects.append(instantiate(node))
@@ -86,7 +89,7 @@ SETTINGS = ("task_name", "seed", "threads", "train", "test", "ckpt_path", "optim
 def check_config(cfg: Any) -> None:
     """Refuse a config that would not train as it says, before anything is built.
 
-    Refused, each with a ``ValueError`` that names the key:
+    Refused, each with a :class:`ConfigError` (a ``ValueError``) that names the key:
 
     * a top-level key the app does not read (``+los.gamma=2``);
     * a key of a ``_target_`` node, anywhere in the tree, that its class or function takes
@@ -104,17 +107,17 @@ def check_config(cfg: Any) -> None:
         >>> check_config(OmegaConf.create({"seed": 0, "sead": 1}))
         Traceback (most recent call last):
           ...
-        ValueError: unknown config key sead: the app reads data, model, loss, callbacks, trainer, logger, paths, task_name, seed, threads, train, test, ckpt_path, optimized_metric
+        lightning_focal._config.ConfigError: unknown config key sead: the app reads data, model, loss, callbacks, trainer, logger, paths, task_name, seed, threads, train, test, ckpt_path, optimized_metric
     """
     from omegaconf import DictConfig, OmegaConf
 
     known = (*CONFIG_NODES, *SETTINGS)
     unknown = [key for key in cfg if key not in known and key != "hydra"]
     if unknown:
-        raise ValueError(f"unknown config key {unknown[0]}: the app reads {', '.join(known)}")
+        raise ConfigError(f"unknown config key {unknown[0]}: the app reads {', '.join(known)}")
     missing = [key for key in SETTINGS if key in cfg and OmegaConf.is_missing(cfg, key)]
     if missing:
-        raise ValueError(_missing(missing[0]))
+        raise ConfigError(_missing(missing[0]))
     for key in CONFIG_NODES:
         if key in cfg and not OmegaConf.is_interpolation(cfg, key):
             _check_node(cfg._get_node(key), key)
@@ -129,7 +132,7 @@ def check_config(cfg: Any) -> None:
         and model._get_node("loss")._value() == "${loss}"
     )
     if "_target_" not in loss or not wired:
-        raise ValueError(
+        raise ConfigError(
             "the loss settings (loss.*) reach no model: a model option sets loss._target_ "
             "and model.loss: ${loss} (see conf/model/*.yaml)"
         )
@@ -140,7 +143,7 @@ def check_config(cfg: Any) -> None:
         for name, node in (cfg.get("callbacks") or {}).items():
             target = _target_of(node, f"callbacks.{name}") if node is not None else None
             if isinstance(target, type) and issubclass(target, (GammaWarmup, CalibrationGamma)):
-                raise ValueError(
+                raise ConfigError(
                     f"loss.gamma is a sample-dependent γ ({OmegaConf.to_container(gamma)}), "
                     f"which callbacks.{name} ({target.__name__}) cannot set: use schedule=none "
                     f"(or callbacks.{name}=null)"
@@ -156,7 +159,7 @@ def _target_of(node: Any, where: str) -> Any:
     try:
         return get_object(str(node._target_))
     except Exception as err:  # Hydra's ImportError or its own InstantiationException
-        raise ValueError(f"{where}._target_={node._target_!r} does not import: {err}") from None
+        raise ConfigError(f"{where}._target_={node._target_!r} does not import: {err}") from None
 
 
 def _check_node(node: Any, where: str) -> None:
@@ -176,7 +179,7 @@ def _check_node(node: Any, where: str) -> None:
     for key, path in children:
         child = node._get_node(key)
         if child._is_missing():
-            raise ValueError(_missing(path))
+            raise ConfigError(_missing(path))
         if not child._is_interpolation():
             _check_node(child, path)
         elif str(child._value()).startswith("${required:"):
@@ -184,7 +187,7 @@ def _check_node(node: Any, where: str) -> None:
                 node[key]
             except InterpolationResolutionError as err:
                 message = str(err).splitlines()[0].partition("interpolation: ")[2]
-                raise ValueError(f"{path} has no value: {message or err}") from None
+                raise ConfigError(f"{path} has no value: {message or err}") from None
 
 
 def _missing(path: str) -> str:

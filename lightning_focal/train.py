@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ._app_help import register_help_resolver
 from .app_utils import (
+    ConfigError,
     check_config,
     config_dir,
     data_kwargs_for,
@@ -69,6 +70,8 @@ def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
 
 def _config_hint(cfg: DictConfig, err: BaseException) -> str | None:
     """One line naming the config key to change, for errors a wrong setting explains."""
+    if isinstance(err, ConfigError):  # check_config's, or a model's refusal of its loss node
+        return str(err)
     data = cfg.get("data") or {}
     root = data.get("root")
     if (
