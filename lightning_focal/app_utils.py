@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-log = logging.getLogger("lightning_focal.train")
+from ._config import ConfigError
 
 __all__ = [
+    "ConfigError",
+    "check_config",
     "config_dir",
     "data_kwargs_for",
-    "focal_callbacks",
     "instantiate_callbacks",
     "instantiate_loggers",
 ]
+
+
+def _required(message: str) -> NoReturn:
+    raise ConfigError(message)
+
+
+# `${required:'what to give'}` marks a value the user must give. OmegaConf's `???` cannot
+# do it here: merged onto a value (the model's loss defaults), `???` leaves that value.
+if not OmegaConf.has_resolver("required"):
+    OmegaConf.register_new_resolver("required", _required)
 
 
 def config_dir() -> str:
@@ -51,7 +63,7 @@ def _named_nodes(cfg: Any, kind: str) -> list[Any]:
         if node is None:
             continue
         if not isinstance(node, Mapping) or "_target_" not in node:
-            raise ValueError(
+            raise ConfigError(
                 f"{kind}.{name} must be a node with a _target_ (or null to switch it off)"
             )
         objects.append(instantiate(node))
@@ -68,24 +80,119 @@ def instantiate_loggers(cfg: Any) -> list[Logger]:
     return _named_nodes(cfg, "logger")
 
 
-def focal_callbacks(cfg: Any) -> list[Callback]:
-    """``GammaWarmup`` from ``schedule`` and ``ClassBalancedAlpha`` from ``loss.class_balanced``."""
-    from hydra.utils import instantiate
+CONFIG_NODES = ("data", "model", "loss", "callbacks", "trainer", "logger", "paths")
+"""The top-level nodes of the app's config (``hydra`` aside)."""
+SETTINGS = ("task_name", "seed", "threads", "train", "test", "ckpt_path", "optimized_metric")
+"""The top-level settings of ``train.yaml``."""
 
-    from .callbacks import ClassBalancedAlpha, GammaWarmup
 
-    callbacks: list[Callback] = []
-    loss = cfg.get("loss") or {}
-    policy = isinstance(loss.get("gamma"), Mapping)
-    if cfg.get("schedule") is not None:
-        if policy:
-            log.warning("loss.gamma is a sample-dependent policy: the γ schedule is not used")
-        else:
-            callbacks.append(GammaWarmup(instantiate(cfg.schedule)))
-    balanced = loss.get("class_balanced")
-    if balanced is not None:
-        callbacks.append(ClassBalancedAlpha(**dict(balanced)))
-    return callbacks
+def check_config(cfg: Any) -> None:
+    """Refuse a config that would not train as it says, before anything is built.
+
+    Refused, each with a :class:`ConfigError` (a ``ValueError``) that names the key:
+
+    * a top-level key the app does not read (``+los.gamma=2``);
+    * a key of a ``_target_`` node, anywhere in the tree, that its class or function takes
+      no argument for (``+loss.gama=2``, ``+model.lr=0.1``,
+      ``+callbacks.model_checkpoint.every=2``), or a ``_target_`` that does not import;
+    * a value left as ``???``, or a ``${required:...}`` not replaced (``loss=focal_alpha``
+      without ``loss.alpha=[...]``);
+    * loss settings that reach no model: a ``loss`` node without ``_target_``, or a
+      ``model.loss`` other than ``${loss}``;
+    * a sample-dependent γ (``loss=flsd53``) with a callback that sets γ
+      (``GammaWarmup``, ``CalibrationGamma``).
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> check_config(OmegaConf.create({"seed": 0, "sead": 1}))
+        Traceback (most recent call last):
+          ...
+        lightning_focal._config.ConfigError: unknown config key sead: the app reads data, model, loss, callbacks, trainer, logger, paths, task_name, seed, threads, train, test, ckpt_path, optimized_metric
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    known = (*CONFIG_NODES, *SETTINGS)
+    unknown = [key for key in cfg if key not in known and key != "hydra"]
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]}: the app reads {', '.join(known)}")
+    missing = [key for key in SETTINGS if key in cfg and OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(_missing(missing[0]))
+    for key in CONFIG_NODES:
+        if key in cfg and not OmegaConf.is_interpolation(cfg, key):
+            _check_node(cfg._get_node(key), key)
+
+    loss = cfg.get("loss")
+    if loss is None:
+        return
+    model = cfg.get("model") or {}
+    wired = (
+        "loss" in model
+        and OmegaConf.is_interpolation(model, "loss")
+        and model._get_node("loss")._value() == "${loss}"
+    )
+    if "_target_" not in loss or not wired:
+        raise ConfigError(
+            "the loss settings (loss.*) reach no model: a model option sets loss._target_ "
+            "and model.loss: ${loss} (see conf/model/*.yaml)"
+        )
+    gamma = loss.get("gamma")
+    if isinstance(gamma, DictConfig):
+        from .callbacks import CalibrationGamma, GammaWarmup
+
+        for name, node in (cfg.get("callbacks") or {}).items():
+            target = _target_of(node, f"callbacks.{name}") if node is not None else None
+            if isinstance(target, type) and issubclass(target, (GammaWarmup, CalibrationGamma)):
+                raise ConfigError(
+                    f"loss.gamma is a sample-dependent γ ({OmegaConf.to_container(gamma)}), "
+                    f"which callbacks.{name} ({target.__name__}) cannot set: use schedule=none "
+                    f"(or callbacks.{name}=null)"
+                )
+
+
+def _target_of(node: Any, where: str) -> Any:
+    from hydra.utils import get_object
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    try:
+        return get_object(str(node._target_))
+    except Exception as err:  # Hydra's ImportError or its own InstantiationException
+        raise ConfigError(f"{where}._target_={node._target_!r} does not import: {err}") from None
+
+
+def _check_node(node: Any, where: str) -> None:
+    from omegaconf import DictConfig, ListConfig
+
+    from ._config import check_arguments
+
+    if isinstance(node, DictConfig):
+        target = _target_of(node, where)
+        if target is not None:
+            check_arguments(target, list(node.keys()), where)
+        children = [(key, f"{where}.{key}") for key in node]
+    elif isinstance(node, ListConfig):
+        children = [(i, f"{where}[{i}]") for i in range(len(node))]
+    else:
+        return
+    for key, path in children:
+        child = node._get_node(key)
+        if child._is_missing():
+            raise ConfigError(_missing(path))
+        if not child._is_interpolation():
+            _check_node(child, path)
+        elif str(child._value()).startswith("${required:"):
+            try:
+                node[key]
+            except InterpolationResolutionError as err:
+                message = str(err).splitlines()[0].partition("interpolation: ")[2]
+                raise ConfigError(f"{path} has no value: {message or err}") from None
+
+
+def _missing(path: str) -> str:
+    # Hydra would hand a `???` inside an interpolated node (model.loss: ${loss}) over as None
+    return f"{path} has no value (??? in the config): give one, e.g. {path}=..."
 
 
 def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ._app_help import register_help_resolver
 from .app_utils import (
+    ConfigError,
+    check_config,
     config_dir,
     data_kwargs_for,
-    focal_callbacks,
     instantiate_callbacks,
     instantiate_loggers,
 )
@@ -70,6 +71,8 @@ def _log_to_file(level: int, message: str, exc_info: Any = None) -> None:
 
 def _config_hint(cfg: DictConfig, err: BaseException) -> str | None:
     """One line naming the config key to change, for errors a wrong setting explains."""
+    if isinstance(err, ConfigError):  # check_config's, or a model's refusal of its loss node
+        return str(err)
     data = cfg.get("data") or {}
     root = data.get("root")
     if (
@@ -93,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         >>> callable(train)
         True
     """
+    check_config(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if cfg.get("seed") is not None:
@@ -103,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: pl.LightningModule = instantiate(
         cfg.model, _convert_="all", **data_kwargs_for(cfg.model, datamodule)
     )
-    callbacks = instantiate_callbacks(cfg.get("callbacks")) + focal_callbacks(cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:

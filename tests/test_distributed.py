@@ -91,7 +91,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     # Validation metrics are synced: equal to one process evaluating the same weights on all the data.
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     step = last["global_step"]
-    model = TimmClassifier(num_classes=10, gamma=0.0)
+    model = TimmClassifier(num_classes=10)  # weights from the checkpoint
     model.load_state_dict(last["state_dict"])
     model.eval()
     dm = DigitsLTDataModule(seed=0)
@@ -131,7 +131,7 @@ def test_detector_ddp_cpu_two_processes(tmp_path):
         "+callbacks.ddp_check._target_=lightning_focal.callbacks.DistributedConsistencyCheck",
         "data.num_train=64",
         "data.batch_size=4",
-        "model.normalization=batch",
+        "loss.normalization=batch",
         "test=false",
     ]
     run_cli(tmp_path, *args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,17 @@ import pytest
 
 hydra = pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import get_class  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
+from hydra.utils import get_class, instantiate  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-from lightning_focal.app_utils import config_dir  # noqa: E402
+from lightning_focal.app_utils import (  # noqa: E402
+    CONFIG_NODES,
+    SETTINGS,
+    check_config,
+    config_dir,
+    instantiate_callbacks,
+)
 
 CONF = Path(config_dir())
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,31 +81,29 @@ def test_every_config_file_opens_with_a_comment():
 def test_every_option_composes_and_targets_exist(group, option):
     overrides = [f"{group}={option}"]
     if group == "loss" and option == "focal_alpha":
-        overrides.append("loss.alpha=[1.0,2.0]")
+        overrides.append(f"loss.alpha=[{','.join(['1.0'] * 10)}]")
     cfg = compose_with(*overrides)
     container = OmegaConf.to_container(cfg, resolve=False)
     assert {"data", "model", "loss", "trainer", "paths", "callbacks"} <= set(container)
-    for key in ("data", "model", "trainer"):
+    for key in ("data", "model", "loss", "trainer"):
         check_target(cfg[key], f"{group}={option}: {key}")
     for kind in ("callbacks", "logger"):
         for name, node in (cfg.get(kind) or {}).items():
             if node is not None:
                 check_target(node, f"{group}={option}: {kind}.{name}")
-    if cfg.get("schedule") is not None:
-        check_target(cfg.schedule, f"{group}={option}: schedule")
+    check_config(cfg)  # what the app checks before it builds anything
     OmegaConf.resolve(cfg.loss)
     OmegaConf.resolve(cfg.model)
 
 
 def test_experiments_select_their_loss_and_schedule():
     cfg = compose_with("experiment=imbalance_ce")
-    assert cfg.loss.gamma == 0.0 and cfg.loss.class_balanced is None and cfg.schedule is None
+    assert cfg.loss.gamma == 0.0 and cfg.loss.alpha is None
+    assert not {"class_balanced_alpha", "gamma_warmup"} & set(cfg.callbacks)
     cfg = compose_with("experiment=imbalance_focal_cb_warmup")
-    assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced.method == "effective_number"
-    assert (
-        cfg.schedule._target_.endswith("LinearRamp")
-        and cfg.task_name == "imbalance_focal_cb_warmup"
-    )
+    assert cfg.loss.gamma == 2.0 and cfg.callbacks.class_balanced_alpha.method == "effective_number"
+    assert cfg.callbacks.gamma_warmup.schedule._target_.endswith("LinearRamp")
+    assert cfg.task_name == "imbalance_focal_cb_warmup"
 
 
 def test_detection_experiments_use_the_exp_box_head():
@@ -146,15 +152,191 @@ def test_default_config_is_the_documented_job():
     cfg = compose_with()
     assert cfg.data._target_.endswith("DigitsLTDataModule") and cfg.data.imbalance_ratio == 100.0
     assert cfg.model.model_name == "test_resnet" and cfg.model.pretrained is False
-    assert cfg.loss.gamma == 2.0 and cfg.loss.class_balanced is not None
-    assert cfg.schedule._target_.endswith("LinearRamp")
+    assert cfg.loss._target_ == "lightning_focal.SoftmaxFocalLoss" and cfg.loss.gamma == 2.0
+    assert cfg.callbacks.class_balanced_alpha._target_.endswith("ClassBalancedAlpha")
+    assert cfg.callbacks.gamma_warmup.schedule._target_.endswith("LinearRamp")
+    assert cfg.optimized_metric == "val/balanced_acc"
     assert list(cfg.logger) == ["csv"]
+    # the top-level keys are the ones the app reads (check_config refuses any other)
+    assert set(cfg) - {"hydra"} == set(CONFIG_NODES) | set(SETTINGS)
+
+
+def readme_commands() -> list[list[str]]:
+    """The overrides of every app command in README.md (sweeps, ``-m``, left out)."""
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(
+        r"(?:lightning-focal-train|-m lightning_focal\.train)((?: +[^\s`#|]+)*)", text
+    )
+    commands = [args.split() for args in found if "-m" not in args.split()]
+    # <run>-style placeholders stand for a value the reader fills in
+    unique = {tuple(re.sub(r"<[^>]+>", "x", a) for a in args if "=" in a) for args in commands}
+    return sorted(list(args) for args in unique)
+
+
+@pytest.mark.parametrize("overrides", readme_commands(), ids=lambda o: " ".join(o) or "default")
+def test_readme_commands_compose_and_pass_the_checks(overrides):
+    assert len(readme_commands()) >= 10
+    check_config(compose_with(*overrides))
 
 
 def test_slurm_job_id_keys_the_run_dir(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     cfg = compose_with()
     assert cfg.hydra.run.dir.endswith("runs/4242")
+
+
+# ---- config decides: every setting reaches what it names, or is refused -------------------
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    """Compose like the app does (run dir = tmp_path): ``train(run_config(...))`` runs in-process."""
+    from hydra.core.hydra_config import HydraConfig
+
+    def make(*overrides: str):
+        cfg = compose_with(*overrides)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)  # what ${hydra:runtime.output_dir} reads
+        return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+    yield make
+    HydraConfig.instance().cfg = None
+
+
+def built_model(cfg, num_classes: int = 3):
+    return instantiate(cfg.model, _convert_="all", num_classes=num_classes)
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("loss", ["ce", "focal", "poly1", "flsd53", "focal_alpha"])
+def test_every_loss_option_reaches_every_model(model, loss):
+    overrides = [f"model={model}", f"loss={loss}"]
+    if loss == "focal_alpha":
+        overrides.append("loss.alpha=[0.2,0.3,0.5]")
+    cfg = compose_with(*overrides)
+    built = built_model(cfg)
+    assert f"lightning_focal.{type(built.focal_loss).__name__}" == cfg.loss._target_
+    recorded = built.hparams["loss"]  # read back from the module, as checkpoints keep it
+    for key, value in OmegaConf.to_container(cfg.loss).items():
+        assert recorded[key] == pytest.approx(value), (model, loss, key)
+
+
+def test_detection_experiment_takes_poly1_and_alpha():
+    """Before: model=fcos/retinanet read loss.gamma only: poly1 and α never reached them."""
+    model = built_model(compose_with("experiment=detection", "loss=poly1"))
+    assert model.focal_loss.poly1 == 1.0
+    cfg = compose_with("experiment=detection", "loss=focal_alpha", "loss.alpha=[0.1,0.2,0.7]")
+    assert built_model(cfg).focal_loss.alpha.tolist() == pytest.approx([0.1, 0.2, 0.7])
+    # loss=focal means each family's focal loss: RetinaNet's α=0.25 on a detector, none on a classifier
+    assert float(built_model(compose_with("experiment=detection")).focal_loss.alpha) == 0.25
+    assert built_model(compose_with("loss=focal")).focal_loss.alpha is None
+    # the detection arms set what they say on the loss node
+    mean = built_model(compose_with("experiment=detection_bce_mean")).focal_loss
+    assert mean.normalization == "mean" and float(mean.gamma) == 0.0 and mean.alpha is None
+
+
+def test_focal_alpha_needs_alpha():
+    # OmegaConf's ??? would have kept the model's α=None (a ??? merged onto a value is ignored)
+    with pytest.raises(ValueError, match=r"loss\.alpha has no value: loss=focal_alpha needs α"):
+        check_config(compose_with("loss=focal_alpha"))
+
+
+def test_an_option_the_loss_class_does_not_take_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException, match=r"loss\.label_smoothing"):
+        compose_with("experiment=detection", "loss.label_smoothing=0.1")
+    message = "unknown config key loss.label_smoothing: DenseFocalLoss takes no argument"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_config(compose_with("experiment=detection", "+loss.label_smoothing=0.1"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+loss.gama=2",
+            "unknown config key loss.gama: SoftmaxFocalLoss takes no argument 'gama' "
+            "(did you mean 'gamma'?)",
+        ),
+        ("+model.gama=2", "unknown config key model.gama: TimmClassifier takes no argument"),
+        ("+model.optimizer.learning_rate=0.1", "unknown config key model.optimizer.learning_rate"),
+        ("+callbacks.gamma_warmup.schedule.step=3", "callbacks.gamma_warmup.schedule.step: Linear"),
+        ("+data.batchsize=8", "unknown config key data.batchsize: DigitsLTDataModule"),
+        ("+los.gamma=2", "unknown config key los: the app reads data, model, loss"),
+    ],
+)
+def test_unknown_keys_are_refused_naming_them(override, message):
+    """Before: ``+loss.gama=2`` (and any other added key) trained as if nothing was said."""
+    from lightning_focal.train import _config_hint, train
+
+    cfg = compose_with(override)
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        train(cfg)  # refused before anything is built
+    # the app exits with this one line (`error: ...`), the traceback only in train.log
+    assert _config_hint(cfg, refused.value) == str(refused.value)
+
+
+def test_focal_callbacks_are_nodes_that_schedule_and_loss_set(run_config):
+    """Before: GammaWarmup and ClassBalancedAlpha were built in Python from schedule/loss:
+    invisible in the composed config and impossible to switch off."""
+    from lightning_focal.callbacks import CalibrationGamma, ClassBalancedAlpha, GammaWarmup
+
+    def focal(cfg) -> list[str]:
+        kinds = (GammaWarmup, ClassBalancedAlpha, CalibrationGamma)
+        callbacks = instantiate_callbacks(cfg.callbacks)
+        return sorted(type(cb).__name__ for cb in callbacks if isinstance(cb, kinds))
+
+    cfg = run_config()
+    assert cfg.callbacks.gamma_warmup._target_ == "lightning_focal.callbacks.GammaWarmup"
+    assert cfg.callbacks.gamma_warmup.schedule.end == 2.0  # ${loss.gamma}
+    assert cfg.callbacks.class_balanced_alpha.method == "effective_number"
+    assert focal(cfg) == ["ClassBalancedAlpha", "GammaWarmup"]
+    assert focal(run_config("callbacks.gamma_warmup=null")) == ["ClassBalancedAlpha"]
+    assert focal(run_config("callbacks.class_balanced_alpha=null")) == ["GammaWarmup"]
+    assert focal(run_config("loss=focal", "schedule=none")) == []
+    assert focal(run_config("callbacks=none")) == ["ClassBalancedAlpha", "GammaWarmup"]
+
+    cfg = run_config("schedule=calibration")
+    assert cfg.callbacks.calibration_gamma.monitor == "val/calibration_gap"
+    assert focal(cfg) == ["CalibrationGamma", "ClassBalancedAlpha"]
+    # FLSD-53's per-sample γ takes no schedule: the loss option picks schedule=none, and an
+    # explicit schedule is refused before anything is built
+    assert "gamma_warmup" not in run_config("loss=flsd53").callbacks
+    for schedule, name in [("linear", "gamma_warmup"), ("calibration", "calibration_gamma")]:
+        with pytest.raises(
+            ValueError, match=rf"callbacks\.{name} .* cannot set: use schedule=none"
+        ):
+            check_config(run_config("loss=flsd53", f"schedule={schedule}"))
+
+
+@pytest.mark.timeout(600)
+def test_shapes_with_fcos_validates_on_the_detection_metric(run_config, tmp_path):
+    """Before: ``data=shapes model=fcos`` crashed at the first validation: ModelCheckpoint
+    monitored val/balanced_acc, which a detector does not log. The model option sets it."""
+    from lightning_focal.train import train
+
+    cfg = run_config("data=shapes", "model=fcos", "debug=fast", "data.num_train=32", "test=false")
+    assert cfg.optimized_metric == "val/map"
+    metrics = train(cfg)
+    assert "val/map" in metrics
+    saved = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert "last.ckpt" in saved and any(name.startswith("step") for name in saved), saved
+
+
+@pytest.mark.timeout(600)
+def test_calibration_schedule_adapts_gamma_in_a_run(run_config, tmp_path):
+    import torch
+
+    from lightning_focal.train import train
+
+    overrides = ["schedule=calibration", "callbacks.calibration_gamma.tolerance=0", "loss=focal"]
+    metrics = train(run_config(*overrides, "debug=fast", "test=false"))
+    assert "val/calibration_gap" in metrics
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    history = state["callbacks"]["CalibrationGamma"]["gamma_history"]
+    assert len(history) == 2  # validations after epochs 1 and 2 of the 6 steps
+    assert abs(history[0] - 2.0) == 0.5  # one step up or down from loss.gamma
+    assert float(state["state_dict"]["focal_loss.gamma"]) == history[-1]
 
 
 # ---- the command line, in subprocesses ----------------------------------------------------

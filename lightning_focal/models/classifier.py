@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,6 +17,7 @@ from ..metrics import (
     reliability_bins,
 )
 from ..mixin import FocalLossMixin
+from ._loss import focal_loss_from, focal_loss_node
 
 __all__ = ["TimmClassifier", "reliability_bins"]
 
@@ -36,19 +37,24 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         num_classes: classes of the head.
         pretrained: load timm's pretrained weights (needs internet the first time).
         in_chans: input channels.
-        gamma: float, per-class list, or ``{"thresholds": [...], "gammas": [...]}`` (FLSD-53).
-        alpha: per-class weights or ``None`` (``ClassBalancedAlpha`` sets them from data).
-        label_smoothing: as in ``cross_entropy``.
-        poly1: Poly-1 ε.
+        loss: the loss, whole: a :class:`~lightning_focal.SoftmaxFocalLoss` (γ as a float,
+            per class or a sample-dependent policy, α, ``label_smoothing``, ``poly1``, ...)
+            or its ``_target_`` node (``{"_target_": "lightning_focal.SoftmaxFocalLoss",
+            "gamma": 2.0, ...}``, what the app's ``loss`` config is); ``None`` for
+            ``SoftmaxFocalLoss(gamma=2.0)``. It gets the model's ``num_classes``. The
+            hyperparameters record it as a node, so ``load_from_checkpoint`` rebuilds it.
         optimizer: callable taking the parameters (Hydra ``_partial_: true``); AdamW(1e-3) if None.
         scheduler: optional callable taking the optimizer; stepped every optimiser step.
         class_names: names for per-class metrics.
         model_kwargs: extra keyword arguments of ``timm.create_model``.
 
     Example:
-        >>> model = TimmClassifier("test_resnet", num_classes=4, gamma=2.0)
+        >>> from lightning_focal import SoftmaxFocalLoss
+        >>> model = TimmClassifier("test_resnet", num_classes=4, loss=SoftmaxFocalLoss(poly1=1.0))
         >>> model(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 4])
+        >>> model.hparams.loss["poly1"], model.hparams.loss["num_classes"]
+        (1.0, 4)
     """
 
     def __init__(
@@ -57,17 +63,14 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         num_classes: int = 10,
         pretrained: bool = False,
         in_chans: int = 3,
-        gamma: float | Sequence[float] | dict[str, Sequence[float]] = 2.0,
-        alpha: Sequence[float] | None = None,
-        label_smoothing: float = 0.0,
-        poly1: float = 0.0,
+        loss: SoftmaxFocalLoss | Mapping[str, Any] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         class_names: Sequence[str] | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         import timm  # the train extra; not imported by `import lightning_focal`
 
         self.net = timm.create_model(
@@ -82,15 +85,19 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.class_names = (
             list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
         )
-        self.configure_focal_loss(
-            SoftmaxFocalLoss(
-                gamma,
-                alpha,
-                label_smoothing=label_smoothing,
-                poly1=poly1,
-                num_classes=num_classes,
-            )
+        loss = focal_loss_from(
+            loss, SoftmaxFocalLoss, num_classes, SoftmaxFocalLoss(gamma=2.0), type(self).__name__
         )
+        if loss.reduction == "none":
+            raise ValueError(
+                f"{type(self).__name__} trains on a scalar loss: loss.reduction='none'"
+            )
+        # the loss as a plain node, never the module: load_from_checkpoint and LightningCLI
+        # pass hyperparameters back as init arguments
+        self.save_hyperparameters(
+            {**self.hparams, "loss": focal_loss_node(loss, type(self).__name__)}
+        )
+        self.configure_focal_loss(loss)
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_recall = per_class_recall_metric(num_classes, self.class_names, "test/")

@@ -9,7 +9,7 @@ they steer a classifier's.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,6 +23,7 @@ from ..losses.dense_focal import DenseFocalLoss
 from ..mixin import FocalLossMixin
 from ._backbone import TimmFPNBackbone
 from ._detection_heads import FocalFCOSHead, FocalRetinaNetHead, _group_norm
+from ._loss import focal_loss_from, focal_loss_node
 
 __all__ = [
     "DenseDetector",
@@ -99,12 +100,16 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         fpn_channels: channels of the feature pyramid and the heads.
         out_indices: backbone stages fed to the FPN (default: the last three).
         score_thresh, nms_thresh, detections_per_img: post-processing of predictions.
-        gamma: γ of the focal loss, scalar or per class (``GammaWarmup`` may drive it).
-        alpha: α of the focal loss: a float, per-class values, or ``None`` for none
-            (``ClassBalancedAlpha`` may set it).
-        normalization: ``"per_image"`` (torchvision RetinaNet) or ``"batch"`` (positives
-            over the batch, averaged across DDP ranks; torchvision FCOS in one process).
-        ema_momentum: EMA of the ``"batch"`` normaliser (detectron2 uses 0.9), or ``None``.
+        loss: the classification loss, whole: a
+            :class:`~lightning_focal.DenseFocalLoss` (γ scalar, per class or a
+            sample-dependent policy, α, ``poly1``, ``normalization`` — ``"per_image"`` as
+            torchvision's RetinaNet, ``"batch"`` as its FCOS with positives averaged across
+            DDP ranks, or ``"mean"`` —, ``ema_momentum``, ...) or its ``_target_`` node
+            (``{"_target_": "lightning_focal.DenseFocalLoss", ...}``, what the app's
+            ``loss`` config is); ``None`` for ``DenseFocalLoss(normalization=
+            default_normalization)`` (γ=2, α=0.25). It gets the model's ``num_classes``;
+            the hyperparameters record it as a node, so ``load_from_checkpoint`` rebuilds
+            it. ``GammaWarmup`` and ``ClassBalancedAlpha`` drive its γ and α.
         class_names: names for per-class metrics and pictures (default ``"0"``, ``"1"``, ...).
         optimizer: callable taking the parameters (Hydra ``_partial_: true``);
             ``AdamW(lr=1e-3)`` when ``None``.
@@ -114,6 +119,9 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
             so that a run without a prior is a real baseline; ``FocalBiasInit`` sets the prior
             at fit start either way.
     """
+
+    default_normalization = "per_image"
+    """``normalization`` of the loss built for ``loss=None``."""
 
     def __init__(
         self,
@@ -126,18 +134,14 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
-        gamma: float | Sequence[float] = 2.0,
-        alpha: float | Sequence[float] | None = 0.25,
-        normalization: str = "per_image",
-        ema_momentum: float | None = None,
+        loss: DenseFocalLoss | Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         prior_bias_init: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.save_hyperparameters({key: _plain(value) for key, value in self.hparams.items()})
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if image_size < 1:
@@ -155,13 +159,13 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-        loss = DenseFocalLoss(
-            _plain(gamma),
-            _plain(alpha),
-            normalization=normalization,
-            ema_momentum=ema_momentum,
-            num_classes=num_classes,
-        )
+        owner = type(self).__name__
+        default = DenseFocalLoss(normalization=self.default_normalization)
+        loss = focal_loss_from(_plain(loss), DenseFocalLoss, num_classes, default, owner)
+        # the loss as a plain node, never the module: load_from_checkpoint and LightningCLI
+        # pass hyperparameters back as init arguments
+        hparams = {key: _plain(value) for key, value in self.hparams.items()}
+        self.save_hyperparameters({**hparams, "loss": focal_loss_node(loss, owner)})
         features = TimmFPNBackbone(backbone, fpn_channels, pretrained_backbone, out_indices)
         self.model = self.build_detector(features, loss)
         cls_logits = self.model.head.classification_head.cls_logits
@@ -321,10 +325,7 @@ class RetinaNetDetector(DenseDetector):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
-        gamma: float | Sequence[float] = 2.0,
-        alpha: float | Sequence[float] | None = 0.25,
-        normalization: str = "per_image",
-        ema_momentum: float | None = None,
+        loss: DenseFocalLoss | Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -340,10 +341,7 @@ class RetinaNetDetector(DenseDetector):
             score_thresh=score_thresh,
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
-            gamma=gamma,
-            alpha=alpha,
-            normalization=normalization,
-            ema_momentum=ema_momentum,
+            loss=loss,
             class_names=class_names,
             optimizer=optimizer,
             scheduler=scheduler,
@@ -422,6 +420,8 @@ class FCOSDetector(DenseDetector):
         [1.0, 1.0, 1.0, 1.0, 1.0]
     """
 
+    default_normalization = "batch"
+
     def __init__(
         self,
         backbone: str,
@@ -435,10 +435,7 @@ class FCOSDetector(DenseDetector):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
-        gamma: float | Sequence[float] = 2.0,
-        alpha: float | Sequence[float] | None = 0.25,
-        normalization: str = "batch",
-        ema_momentum: float | None = None,
+        loss: DenseFocalLoss | Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -454,10 +451,7 @@ class FCOSDetector(DenseDetector):
             score_thresh=score_thresh,
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
-            gamma=gamma,
-            alpha=alpha,
-            normalization=normalization,
-            ema_momentum=ema_momentum,
+            loss=loss,
             class_names=class_names,
             optimizer=optimizer,
             scheduler=scheduler,

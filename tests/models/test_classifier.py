@@ -23,7 +23,7 @@ def loaders(n: int = 24, num_classes: int = 3) -> tuple[DataLoader, DataLoader]:
 def test_calibration_gamma_reads_the_gap_the_classifier_logs(tmp_path):
     from lightning_focal.models.classifier import TimmClassifier
 
-    model = TimmClassifier("test_resnet", num_classes=3, gamma=2.0)
+    model = TimmClassifier("test_resnet", num_classes=3)  # γ=2 by default
     cb = CalibrationGamma(step=0.5, tolerance=0.0)
     trainer = fast_trainer(tmp_path, max_epochs=2, callbacks=[cb])
     train, val = loaders()

@@ -167,7 +167,10 @@ def test_import_lightning_focal_does_not_import_timm():
 
 def test_detectors_hold_a_dense_focal_loss_in_the_head():
     retina = small(
-        RetinaNetDetector, gamma=1.5, alpha=None, aspect_ratios=[1.0], anchor_scales=[1.0, 1.5]
+        RetinaNetDetector,
+        loss=DenseFocalLoss(gamma=1.5, alpha=None, normalization="per_image"),
+        aspect_ratios=[1.0],
+        anchor_scales=[1.0, 1.5],
     )
     head = retina.model.head.classification_head
     assert isinstance(head.focal_loss, DenseFocalLoss) and retina.focal_loss is head.focal_loss
@@ -176,13 +179,17 @@ def test_detectors_hold_a_dense_focal_loss_in_the_head():
     assert list(find_focal_losses(retina)) == ["model.head.classification_head.focal_loss"]
     assert retina.focal_bias_layers() == [head.cls_logits]
     assert retina.model.anchor_generator.num_anchors_per_location() == [2] * 5
-    # the loss is rebuilt from the detector's own arguments; the mixin stores no hparams
-    assert retina.hparams["normalization"] == "per_image" and "focal_loss" not in retina.hparams
+    # the loss is recorded as its node (never the module); the mixin stores no hparams
+    assert retina.hparams["loss"]["normalization"] == "per_image"
+    assert retina.hparams["loss"]["_target_"] == "lightning_focal.DenseFocalLoss"
+    assert "focal_loss" not in retina.hparams
+    assert small(RetinaNetDetector).focal_loss.normalization == "per_image"  # the default loss
     assert not any(isinstance(m, nn.GroupNorm) for m in retina.model.head.modules())
     normed = small(RetinaNetDetector, head_group_norm=True).model.head
     assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
 
-    fcos = small(FCOSDetector, gamma=[1.0, 2.0, 3.0], ema_momentum=0.9)
+    node = {"_target_": "lightning_focal.DenseFocalLoss", "gamma": [1.0, 2.0, 3.0]}
+    fcos = small(FCOSDetector, loss={**node, "ema_momentum": 0.9})
     assert fcos.focal_loss.normalization == "batch" and fcos.focal_loss.ema_momentum == 0.9
     assert fcos.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
     assert fcos.model.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
@@ -307,11 +314,19 @@ def test_fit_with_focal_callbacks(tmp_path, cls):
 def test_checkpoint_round_trip(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
     config = omegaconf.OmegaConf.create(
-        {"anchor_sizes": [16, 32, 64, 128, 256], "gamma": [1.0, 2.0, 3.0]}
+        {
+            "anchor_sizes": [16, 32, 64, 128, 256],
+            "loss": {
+                "_target_": "lightning_focal.DenseFocalLoss",
+                "gamma": [1.0, 2.0, 3.0],
+                "poly1": 1.0,
+                "normalization": "mean",
+            },
+        }
     )
     model = small(
-        RetinaNetDetector, anchor_sizes=config.anchor_sizes, gamma=config.gamma
-    )  # as Hydra gives them
+        RetinaNetDetector, anchor_sizes=config.anchor_sizes, loss=config.loss
+    )  # as Hydra gives them without _convert_
     fit = trainer(tmp_path, max_steps=1, limit_val_batches=0)
     fit.fit(model, loader(3))
     fit.save_checkpoint(tmp_path / "model.ckpt")
@@ -321,6 +336,9 @@ def test_checkpoint_round_trip(tmp_path):
     restored = RetinaNetDetector.load_from_checkpoint(tmp_path / "model.ckpt")
     assert restored.hparams.anchor_sizes == [16, 32, 64, 128, 256]
     assert restored.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
+    # options that are no buffers come back from the loss node in the hyperparameters
+    assert restored.focal_loss.poly1 == 1.0 and restored.focal_loss.normalization == "mean"
+    assert hparams["loss"]["poly1"] == 1.0 and hparams["loss"]["num_classes"] == 3
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value)
 
