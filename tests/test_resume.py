@@ -68,7 +68,7 @@ class BatchRecorder(Callback):
 CLASSIFIER = (
     "data.batch_size=64",
     "data.image_size=16",
-    "schedule.fraction=0.5",
+    "callbacks.gamma_warmup.schedule.fraction=0.5",
     "model.scheduler.pct_start=0.3",
 )
 # shapes: 32 images in batches of 8 (4 an epoch), FCOS; items are pure functions of (seed, index)

@@ -100,7 +100,8 @@ class GammaWarmup(Callback):
                 f"GammaWarmup: {self.schedule!r} reaches its final γ at {unit} {span}, but the run "
                 f"has {total} {unit}s (0 to {total - 1}), so γ never gets there. Shorten the "
                 "schedule (`schedule.steps`, `schedule.fraction`, `schedule.delay` or "
-                f"`schedule.milestones`) or lengthen the run (`trainer.{limit}`)."
+                "`schedule.milestones`; in the app under `callbacks.gamma_warmup.schedule.`) "
+                f"or lengthen the run (`trainer.{limit}`)."
             )
 
     @override
