@@ -16,10 +16,10 @@ from omegaconf.errors import InterpolationResolutionError
 from ._config import ConfigError
 
 __all__ = [
+    "DATA_ARGUMENTS",
     "ConfigError",
     "check_config",
     "config_dir",
-    "DATA_ARGUMENTS",
     "data_kwargs_for",
     "instantiate_callbacks",
     "instantiate_loggers",

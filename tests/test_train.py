@@ -107,7 +107,6 @@ def test_experiments_select_their_loss_and_schedule():
 
 
 def test_detection_experiments_use_the_exp_box_head():
-    from hydra.utils import instantiate
 
     from lightning_focal.models import FCOSExpRegressionHead
 
@@ -145,7 +144,11 @@ def test_detection_configs_set_the_prior_through_the_detector_only(name, model):
 
 def test_unknown_detector_keys_are_refused_naming_the_key():
     with pytest.raises(ValueError, match=r"unknown config key model\.detector\.anchor_size:"):
-        check_config(compose_with("experiment=detection", "model=retinanet", "+model.detector.anchor_size=[8]"))
+        check_config(
+            compose_with(
+                "experiment=detection", "model=retinanet", "+model.detector.anchor_size=[8]"
+            )
+        )
     with pytest.raises(ValueError, match=r"unknown config key model\.prior_bias_init"):
         check_config(compose_with("experiment=detection", "+model.prior_bias_init=true"))
 
@@ -154,7 +157,6 @@ def test_retinanet_config_anchors_fit_the_shapes_objects():
     # torchvision's 32-512 anchors on P3-P7 gave no shapes object an anchor at IoU >= 0.5
     # (only low-quality matches) and RetinaNet barely learned; the config's must give them.
     import torch
-    from hydra.utils import instantiate
     from torchvision.models.detection.image_list import ImageList
     from torchvision.ops import box_iou
 

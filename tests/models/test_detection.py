@@ -17,16 +17,15 @@ pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
 import lightning.pytorch as pl
+from _detection_utils import NUM_CLASSES, detection_loader, small_fcos, small_retinanet
 from _trainer_utils import fast_trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from torchvision.models.detection import FCOS, RetinaNet
 
 from lightning_focal.callbacks import ClassBalancedAlpha, FocalBiasInit, GammaWarmup
 from lightning_focal.losses import DenseFocalLoss
 from lightning_focal.mixin import find_focal_losses
-from _detection_utils import NUM_CLASSES, detection_loader, small_fcos, small_retinanet
-from torchvision.models.detection import FCOS, RetinaNet
-
 from lightning_focal.models import (
     DenseDetector,
     FCOSExpRegressionHead,
@@ -180,7 +179,9 @@ def test_factories_build_torchvision_detectors_with_the_expected_anchors():
     assert type(model) is RetinaNet and model.transform.min_size == (64,)
     assert model.anchor_generator.num_anchors_per_location() == [2] * 5
     assert model.anchor_generator.sizes[0] == (32, 48)  # 4 x stride 8, times each scale
-    assert model.proposal_matcher.high_threshold == 0.5 and model.proposal_matcher.low_threshold == 0.4
+    assert (
+        model.proposal_matcher.high_threshold == 0.5 and model.proposal_matcher.low_threshold == 0.4
+    )
     assert not any(isinstance(m, nn.GroupNorm) for m in model.head.modules())
     assert not hasattr(model.head.classification_head, "focal_loss")  # plain torchvision
     default = retinanet(3, 64, fpn_channels=16)
@@ -189,8 +190,14 @@ def test_factories_build_torchvision_detectors_with_the_expected_anchors():
     normed = retinanet(3, 64, fpn_channels=16, head_group_norm=True).head
     assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
     # the app's shapes anchors: P2-P7, 2 x the stride, square
-    shapes = retinanet(3, 64, fpn_channels=16, out_indices=[1, 2, 3, 4],
-                       anchor_sizes=[8, 16, 32, 64, 128, 256], aspect_ratios=[1.0])
+    shapes = retinanet(
+        3,
+        64,
+        fpn_channels=16,
+        out_indices=[1, 2, 3, 4],
+        anchor_sizes=[8, 16, 32, 64, 128, 256],
+        aspect_ratios=[1.0],
+    )
     assert shapes.backbone.strides == [4, 8, 16, 32, 64, 128]
     assert [s[0] for s in shapes.anchor_generator.sizes] == [8, 16, 32, 64, 128, 256]
 
@@ -228,9 +235,7 @@ def test_prior_probability_sets_the_cls_bias(factory):
 
 
 def test_dense_detector_holds_a_dense_focal_loss_in_the_head():
-    retina = small(
-        retinanet, loss=DenseFocalLoss(gamma=1.5, alpha=None, normalization="per_image")
-    )
+    retina = small(retinanet, loss=DenseFocalLoss(gamma=1.5, alpha=None, normalization="per_image"))
     head = retina.detector.head.classification_head
     assert isinstance(head.focal_loss, DenseFocalLoss) and retina.focal_loss is head.focal_loss
     assert float(retina.focal_loss.gamma) == 1.5 and retina.focal_loss.alpha is None
@@ -249,7 +254,9 @@ def test_dense_detector_holds_a_dense_focal_loss_in_the_head():
 
     node = {"_target_": "lightning_focal.DenseFocalLoss", "gamma": [1.0, 2.0, 3.0]}
     locations = small(fcos, loss={**node, "ema_momentum": 0.9})
-    assert locations.focal_loss.normalization == "batch" and locations.focal_loss.ema_momentum == 0.9
+    assert (
+        locations.focal_loss.normalization == "batch" and locations.focal_loss.ema_momentum == 0.9
+    )
     assert locations.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
     # FCOSNormHead becomes the package's (importable) focal head, not a made-up subclass
     assert type(locations.detector.head).__name__ == "FocalFCOSHead"
@@ -263,8 +270,14 @@ def test_dense_detector_holds_a_dense_focal_loss_in_the_head():
     with pytest.raises(TypeError, match="needs detector="):
         DenseDetector(None)
     with pytest.raises(ValueError, match=r"unknown config key detector\.anchor_size\b"):
-        DenseDetector({"_target_": "lightning_focal.models.retinanet", "num_classes": 3,
-                       "image_size": 64, "anchor_size": [8]})
+        DenseDetector(
+            {
+                "_target_": "lightning_focal.models.retinanet",
+                "num_classes": 3,
+                "image_size": 64,
+                "anchor_size": [8],
+            }
+        )
 
 
 @pytest.mark.parametrize("build", [small_retinanet, small_fcos])
@@ -276,7 +289,9 @@ def test_a_users_torchvision_detector_trains_validates_and_reloads(tmp_path, bui
     assert float(model.focal_loss.gamma) == 1.0
     fit = trainer(tmp_path, max_steps=3, limit_val_batches=1)  # one epoch, then validation
     fit.fit(model, detection_loader(), detection_loader(batches=1))
-    assert "val/map" in fit.callback_metrics and float(fit.callback_metrics["focal/num_positives"]) > 0
+    assert (
+        "val/map" in fit.callback_metrics and float(fit.callback_metrics["focal/num_positives"]) > 0
+    )
     fit.save_checkpoint(tmp_path / "user.ckpt")
     with pytest.raises(TypeError, match="pass detector= to load_from_checkpoint"):
         DenseDetector.load_from_checkpoint(tmp_path / "user.ckpt")
@@ -458,9 +473,7 @@ def test_validate_and_test_log_map_per_class(tmp_path):
     assert {k.rsplit("/", 1)[1] for k in metrics if k.startswith("val/map_class/")} == present
     assert all(metrics[f"val/map_class/{name}"] == pytest.approx(1.0) for name in present)
 
-    model = DenseDetector(
-        retinanet(4, 64, fpn_channels=16), class_names=[*CLASS_NAMES, "yellow"]
-    )
+    model = DenseDetector(retinanet(4, 64, fpn_channels=16), class_names=[*CLASS_NAMES, "yellow"])
     model.detector = Oracle(data)
     metrics = trainer(tmp_path).test(model, data, verbose=False)[0]
     assert "test/map_class/yellow" not in metrics  # no ground truth: AP undefined, not 0
