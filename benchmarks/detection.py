@@ -3,7 +3,7 @@
 Arms (``experiment=detection_<arm>``): BCE averaged over all locations without the prior
 bias, BCE normalised by the positives with the prior bias, focal γ=2 α=0.25 with and
 without the prior, focal with a γ warmup. Every arm: FCOS on a timm test_resnet FPN whose
-box distances are exp(s·x) as in the FCOS paper (``model.box_activation=exp``; torchvision's
+box distances are exp(s·x) as in the FCOS paper (``model.detector.box_activation=exp``; torchvision's
 relu stalled the box loss at 1.0 in seed 0), 300 AdamW steps at lr 1e-3, one run at a time
 with 1 thread (``--jobs``).
 

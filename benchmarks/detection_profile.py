@@ -51,7 +51,7 @@ from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 import lightning_focal
 from lightning_focal.data import ShapesDataModule
-from lightning_focal.models import FCOSDetector, RetinaNetDetector
+from lightning_focal.models import DenseDetector, fcos, retinanet
 from lightning_focal.models._detection_heads import one_hot_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "detection_profile.md"
@@ -70,10 +70,9 @@ LOSS_ONLY = "classification fwd+bwd (to logits)"
 
 def build(model: str, image_size: int) -> torch.nn.Module:
     """The detector as ``conf/model/<model>.yaml`` builds it (no pretrained weights)."""
-    common = dict(num_classes=3, image_size=image_size, fpn_channels=64, prior_bias_init=True)
+    common = dict(num_classes=3, image_size=image_size, fpn_channels=64, prior_probability=0.01)
     if model == "retinanet":
-        detector = RetinaNetDetector(
-            "test_resnet",
+        built = retinanet(
             out_indices=[1, 2, 3, 4],
             anchor_sizes=[8, 16, 32, 64, 128, 256],
             aspect_ratios=[1.0],
@@ -81,8 +80,8 @@ def build(model: str, image_size: int) -> torch.nn.Module:
             **common,
         )
     else:
-        detector = FCOSDetector("test_resnet", box_activation="exp", **common)
-    return detector.model.train()
+        built = fcos(box_activation="exp", **common)
+    return DenseDetector(built).detector.train()
 
 
 def batch(batch_size: int, image_size: int, seed: int) -> tuple[list[Tensor], list[dict]]:

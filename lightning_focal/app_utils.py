@@ -16,6 +16,7 @@ from omegaconf.errors import InterpolationResolutionError
 from ._config import ConfigError
 
 __all__ = [
+    "DATA_ARGUMENTS",
     "ConfigError",
     "check_config",
     "config_dir",
@@ -195,18 +196,45 @@ def _missing(path: str) -> str:
     return f"{path} has no value (??? in the config): give one, e.g. {path}=..."
 
 
-def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """What the datamodule knows and the model config leaves open: num_classes, class_names."""
-    from hydra.utils import get_class
+DATA_ARGUMENTS = ("num_classes", "class_names", "image_size")
+"""What a datamodule may know and a model node may leave open."""
 
-    target = get_class(model_cfg["_target_"])
-    params = inspect.signature(target.__init__).parameters
+
+def data_kwargs_for(model_cfg: Any, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """What the datamodule knows and the model config leaves open: num_classes, class_names.
+
+    Each of :data:`DATA_ARGUMENTS` that a ``_target_`` node takes, leaves out (or ``null``)
+    and the datamodule has, for the model node and for the nodes nested in it — the
+    detector of ``DenseDetector`` gets ``num_classes``, the module ``class_names`` —, as
+    keyword arguments of Hydra's ``instantiate`` (nested nodes as nested dicts, which it
+    merges). Interpolated nodes (``model.loss: ${loss}``) and partials are left alone.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from omegaconf import OmegaConf
+        >>> model = OmegaConf.create({"_target_": "lightning_focal.models.DenseDetector",
+        ...     "detector": {"_target_": "lightning_focal.models.fcos", "image_size": 64}})
+        >>> data_kwargs_for(model, SimpleNamespace(num_classes=3, class_names=["a", "b", "c"]))
+        {'class_names': ['a', 'b', 'c'], 'detector': {'num_classes': 3}}
+    """
+    from hydra.utils import get_object
+    from omegaconf import DictConfig
+
+    params = inspect.signature(get_object(model_cfg["_target_"])).parameters
     kwargs: dict[str, Any] = {}
-    for name in ("num_classes", "class_names", "image_size"):
+    for name in DATA_ARGUMENTS:
         if (
             name in params
             and model_cfg.get(name) is None
             and getattr(datamodule, name, None) is not None
         ):
             kwargs[name] = getattr(datamodule, name)
+    for key in model_cfg:
+        if OmegaConf.is_interpolation(model_cfg, key):
+            continue
+        child = model_cfg[key]
+        if isinstance(child, DictConfig) and "_target_" in child and not child.get("_partial_"):
+            nested = data_kwargs_for(child, datamodule)
+            if nested:
+                kwargs[str(key)] = nested
     return kwargs

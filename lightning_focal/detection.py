@@ -180,7 +180,7 @@ def _focal_class(cls: type, torchvision_class: type) -> type:
             f"{torchvision_class.__name__}.compute_loss and would drop your version. Compute the "
             "focal term in your compute_loss with lightning_focal.DenseFocalLoss instead"
         )
-    if cls is torchvision_class:
+    if issubclass(focal_class, cls):  # torchvision's class, or FCOSNormHead: nothing to keep
         return focal_class
     key = (cls, focal_class)
     if key not in _SUBCLASSES:

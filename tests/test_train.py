@@ -107,30 +107,63 @@ def test_experiments_select_their_loss_and_schedule():
 
 
 def test_detection_experiments_use_the_exp_box_head():
-    from hydra.utils import instantiate
 
     from lightning_focal.models import FCOSExpRegressionHead
 
     for name in options("experiment"):
         if name.startswith("detection"):
             cfg = compose_with(f"experiment={name}")
-            assert cfg.model.box_activation == "exp", name
-    model = instantiate(compose_with("experiment=detection").model, num_classes=3)
-    assert isinstance(model.model.head.regression_head, FCOSExpRegressionHead)
+            assert cfg.model.detector.box_activation == "exp", name
+    model = built_model(compose_with("experiment=detection"))
+    assert isinstance(model.detector.head.regression_head, FCOSExpRegressionHead)
+
+
+@pytest.mark.parametrize("name", ["detection", "detection_focal_noprior", "detection_bce_mean"])
+@pytest.mark.parametrize("model", ["fcos", "retinanet"])
+def test_detection_configs_set_the_prior_through_the_detector_only(name, model):
+    import math
+
+    from lightning_focal.models import DenseDetector
+
+    cfg = compose_with(f"experiment={name}", f"model={model}")
+    check_config(cfg)
+    assert cfg.model._target_ == "lightning_focal.models.DenseDetector"
+    assert cfg.model.detector._target_ == f"lightning_focal.models.{model}"
+    assert "prior_bias_init" not in str(OmegaConf.to_yaml(cfg))  # one mechanism
+    assert not any(
+        "FocalBiasInit" in str(node.get("_target_")) for node in cfg.callbacks.values() if node
+    )
+    built = built_model(cfg, num_classes=5)  # num_classes reaches the nested detector node
+    assert isinstance(built, DenseDetector) and built.num_classes == 5
+    assert built.detector.head.classification_head.num_classes == 5
+    bias = built.detector.head.classification_head.cls_logits.bias
+    expected = 0.0 if "noprior" in name or "mean" in name else -math.log(99)
+    torch_testing = pytest.importorskip("torch").testing
+    torch_testing.assert_close(bias, bias.new_full(bias.shape, expected))
+
+
+def test_unknown_detector_keys_are_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"unknown config key model\.detector\.anchor_size:"):
+        check_config(
+            compose_with(
+                "experiment=detection", "model=retinanet", "+model.detector.anchor_size=[8]"
+            )
+        )
+    with pytest.raises(ValueError, match=r"unknown config key model\.prior_bias_init"):
+        check_config(compose_with("experiment=detection", "+model.prior_bias_init=true"))
 
 
 def test_retinanet_config_anchors_fit_the_shapes_objects():
     # torchvision's 32-512 anchors on P3-P7 gave no shapes object an anchor at IoU >= 0.5
     # (only low-quality matches) and RetinaNet barely learned; the config's must give them.
     import torch
-    from hydra.utils import instantiate
     from torchvision.models.detection.image_list import ImageList
     from torchvision.ops import box_iou
 
     from lightning_focal.data import ShapesDataset
 
     cfg = compose_with("experiment=detection", "model=retinanet")
-    model = instantiate(cfg.model, num_classes=3).model
+    model = built_model(cfg).detector
     assert isinstance(model.head.classification_head.conv[0][1], torch.nn.GroupNorm)
     images = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
     features = list(model.backbone(images).values())
@@ -144,8 +177,8 @@ def test_retinanet_config_anchors_fit_the_shapes_objects():
         max_size=cfg.data.max_size,
     )
     best_iou = torch.cat([box_iou(data[i][1]["boxes"], anchors).amax(1) for i in range(len(data))])
-    assert (best_iou >= cfg.model.bg_iou_thresh).all()
-    assert (best_iou >= cfg.model.fg_iou_thresh).float().mean() >= 0.95
+    assert (best_iou >= cfg.model.detector.bg_iou_thresh).all()
+    assert (best_iou >= cfg.model.detector.fg_iou_thresh).float().mean() >= 0.95
 
 
 def test_default_config_is_the_documented_job():
@@ -205,7 +238,13 @@ def run_config(tmp_path):
 
 
 def built_model(cfg, num_classes: int = 3):
-    return instantiate(cfg.model, _convert_="all", num_classes=num_classes)
+    """The model as the app builds it: what the config leaves open comes from the data."""
+    from types import SimpleNamespace
+
+    from lightning_focal.app_utils import data_kwargs_for
+
+    data = SimpleNamespace(num_classes=num_classes, class_names=None, image_size=None)
+    return instantiate(cfg.model, _convert_="all", **data_kwargs_for(cfg.model, data))
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -106,7 +106,7 @@ class LossCDF(Callback):
     Where the samples come from: on the first ``num_batches`` batches of every
     ``every_n_validations``-th validation, :meth:`collect` runs the torchvision ``RetinaNet`` / ``FCOS``
     inside the module (one built with :func:`~lightning_focal.detection.with_focal_loss`,
-    or the app's ``RetinaNetDetector`` / ``FCOSDetector``) through its loss path on the
+    or the app's :class:`~lightning_focal.models.DenseDetector`) through its loss path on the
     batch, with gradients off and every layer in eval mode, and a forward hook on its focal
     loss takes the logits and targets. That is a second forward pass of those batches.
     Any other model can feed :meth:`add` itself. Samples are kept as a uniform random

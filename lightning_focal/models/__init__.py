@@ -1,12 +1,14 @@
 """Lightning models: timm classifiers and dense detectors (RetinaNet, FCOS) trained with focal loss.
 
-The names load on first use, so ``import lightning_focal.models`` stays cheap; using one
-imports timm and torchvision (the ``train`` extra).
+``DenseDetector`` trains a torchvision detector; ``retinanet(...)`` and ``fcos(...)`` build
+the app's, on a timm FPN backbone. The names load on first use, so
+``import lightning_focal.models`` stays cheap; using one imports timm and torchvision (the
+``train`` extra).
 
 Example:
-    >>> from lightning_focal.models import RetinaNetDetector
-    >>> RetinaNetDetector.__name__
-    'RetinaNetDetector'
+    >>> from lightning_focal.models import DenseDetector, retinanet
+    >>> DenseDetector.__name__, retinanet.__name__
+    ('DenseDetector', 'retinanet')
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any
 _LAZY = {
     "TimmClassifier": "lightning_focal.models.classifier",
     "DenseDetector": "lightning_focal.models.detection",
-    "RetinaNetDetector": "lightning_focal.models.detection",
-    "FCOSDetector": "lightning_focal.models.detection",
+    "retinanet": "lightning_focal.models.detectors",
+    "fcos": "lightning_focal.models.detectors",
     "TimmFPNBackbone": "lightning_focal.models._backbone",
     "FocalRetinaNetHead": "lightning_focal.models._detection_heads",
     "FocalRetinaNetClassificationHead": "lightning_focal.models._detection_heads",
     "FocalFCOSHead": "lightning_focal.models._detection_heads",
     "FCOSExpRegressionHead": "lightning_focal.models._detection_heads",
+    "FCOSNormHead": "lightning_focal.models._detection_heads",
     "FocalFCOSClassificationHead": "lightning_focal.models._detection_heads",
 }
 

@@ -8,8 +8,11 @@ losses are torchvision's. The loss module is a submodule of the classification h
 
 These classes hold the package's one implementation of the focal classification term of a
 torchvision detector. :func:`lightning_focal.detection.with_focal_loss` turns the heads of a
-detector the user built into them (same weights, class swapped in place); constructing them
-directly, as the app's detectors do, gives the same classes.
+detector into them (same weights, class swapped in place), the app's
+(:func:`~lightning_focal.models.retinanet`, :func:`~lightning_focal.models.fcos`) and a
+user's alike. :class:`FCOSNormHead` and :class:`FCOSExpRegressionHead` are the FCOS head
+options torchvision's ``FCOSHead`` does not take (a norm layer for narrow heads, the paper's
+exp box distances); they carry no loss.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..losses.dense_focal import DenseFocalLoss
 __all__ = [
     "BOX_ACTIVATIONS",
     "FCOSExpRegressionHead",
+    "FCOSNormHead",
     "FocalFCOSClassificationHead",
     "FocalFCOSHead",
     "FocalRetinaNetClassificationHead",
@@ -288,7 +292,61 @@ class FCOSExpRegressionHead(FCOSRegressionHead):
         return torch.cat(all_bbox_regression, dim=1), torch.cat(all_bbox_ctrness, dim=1)
 
 
-class FocalFCOSHead(FCOSHead):
+class FCOSNormHead(FCOSHead):
+    """torchvision's ``FCOSHead`` with a choice of norm layer and of box activation.
+
+    ``FCOSHead`` builds its sub-heads with ``GroupNorm(32)``, which needs a multiple of 32
+    channels, and returns relu box distances; this head takes both as arguments and is
+    otherwise torchvision's (same sub-head classes, parameters, ``compute_loss``).
+
+    Args:
+        in_channels, num_anchors, num_classes, num_convs, prior_probability: as for
+            torchvision's head and its ``FCOSClassificationHead``.
+        norm_layer: of both sub-heads; default ``GroupNorm`` with a divisor of
+            ``in_channels`` that leaves >= 2 channels a group (torchvision's 32 groups at
+            >= 64 channels).
+        box_activation: ``"relu"``: torchvision's ``FCOSRegressionHead``, box distances
+            relu(x); ``"exp"``: :class:`FCOSExpRegressionHead`, exp(s_l·x) as in the FCOS
+            paper, which cannot get stuck at zero-area boxes.
+        num_levels: pyramid levels, for ``"exp"`` (one scale each; torchvision's P3-P7 is 5).
+
+    Example:
+        >>> head = FCOSNormHead(16, num_anchors=1, num_classes=3, box_activation="exp")
+        >>> type(head.regression_head).__name__, head.classification_head.conv[1].num_groups
+        ('FCOSExpRegressionHead', 8)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        prior_probability: float = 0.01,
+        box_activation: str = "relu",
+        num_levels: int = 5,
+    ) -> None:
+        if box_activation not in BOX_ACTIVATIONS:
+            raise ValueError(
+                f"unknown box_activation {box_activation!r}; expected one of {BOX_ACTIVATIONS}"
+            )
+        # FCOSHead.__init__ would build (and randomly initialise) GroupNorm(32) sub-heads
+        # only to have them replaced; build its three attributes here instead.
+        nn.Module.__init__(self)
+        norm_layer = norm_layer or _group_norm(in_channels)
+        self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
+        self.classification_head = FCOSClassificationHead(
+            in_channels, num_anchors, num_classes, num_convs, prior_probability, norm_layer
+        )
+        self.regression_head = (
+            FCOSExpRegressionHead(in_channels, num_anchors, num_levels, num_convs, norm_layer)
+            if box_activation == "exp"
+            else FCOSRegressionHead(in_channels, num_anchors, num_convs, norm_layer=norm_layer)
+        )
+
+
+class FocalFCOSHead(FCOSNormHead):
     """``FCOSHead`` whose classification term is the head's :class:`DenseFocalLoss`.
 
     The matching, the GIoU box loss and the centre-ness loss are torchvision's
@@ -297,13 +355,9 @@ class FocalFCOSHead(FCOSHead):
     :meth:`FocalFCOSClassificationHead.compute_loss`.
 
     Args:
-        in_channels, num_anchors, num_classes, num_convs, norm_layer, prior_probability: as
-            for torchvision's head.
+        in_channels, num_anchors, num_classes, num_convs, norm_layer, prior_probability,
+            box_activation, num_levels: as for :class:`FCOSNormHead`.
         focal_loss: the classification loss (see :class:`FocalFCOSClassificationHead`).
-        box_activation: ``"relu"``: torchvision's ``FCOSRegressionHead``, box distances
-            relu(x); ``"exp"``: :class:`FCOSExpRegressionHead`, exp(s_l·x) as in the FCOS
-            paper, which cannot get stuck at zero-area boxes.
-        num_levels: pyramid levels, for ``"exp"`` (one scale each; torchvision's P3-P7 is 5).
 
     Example:
         >>> head = FocalFCOSHead(32, num_anchors=1, num_classes=3)
@@ -325,27 +379,22 @@ class FocalFCOSHead(FCOSHead):
         box_activation: str = "relu",
         num_levels: int = 5,
     ) -> None:
-        if box_activation not in BOX_ACTIVATIONS:
-            raise ValueError(
-                f"unknown box_activation {box_activation!r}; expected one of {BOX_ACTIVATIONS}"
-            )
-        nn.Module.__init__(self)
-        norm_layer = norm_layer or _group_norm(in_channels)
-        self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
-        self.classification_head = FocalFCOSClassificationHead(
+        super().__init__(
             in_channels,
             num_anchors,
             num_classes,
             num_convs,
-            prior_probability=prior_probability,
-            norm_layer=norm_layer,
-            focal_loss=focal_loss,
+            norm_layer,
+            prior_probability,
+            box_activation,
+            num_levels,
         )
-        self.regression_head = (
-            FCOSExpRegressionHead(in_channels, num_anchors, num_levels, num_convs, norm_layer)
-            if box_activation == "exp"
-            else FCOSRegressionHead(in_channels, num_anchors, num_convs, norm_layer=norm_layer)
-        )
+        # the same parameters, drawn in the same order, as FCOSNormHead's; the class
+        # swap is what with_focal_loss does to a head built elsewhere
+        self.classification_head.__class__ = FocalFCOSClassificationHead
+        if focal_loss is None:
+            focal_loss = DenseFocalLoss(2.0, 0.25, normalization="batch", num_classes=num_classes)
+        self.classification_head.focal_loss = focal_loss
 
     def compute_loss(
         self,

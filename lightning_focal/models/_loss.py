@@ -33,12 +33,12 @@ def _target_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _locate(path: str) -> Any:
+def _locate(path: str, where: str = "loss") -> Any:
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"loss._target_={path!r} names nothing importable: {err}") from err
+        raise ValueError(f"{where}._target_={path!r} names nothing importable: {err}") from err
 
 
 def focal_loss_from(loss: LossArg, family: type[L], num_classes: int, default: L, owner: str) -> L:

@@ -1,9 +1,11 @@
-"""RetinaNet and FCOS on a timm backbone, trained with this package's dense focal loss.
+"""``DenseDetector``: one LightningModule that trains a torchvision RetinaNet or FCOS with focal loss.
 
-The detectors are torchvision's (``torchvision.models.detection.RetinaNet`` / ``FCOS``,
-no weights) with the heads of :mod:`._detection_heads`, so ``GammaWarmup``,
-``ClassBalancedAlpha`` and ``FocalBiasInit`` steer their classification loss exactly as
-they steer a classifier's.
+The detector is built outside it — by :func:`~lightning_focal.models.retinanet` /
+:func:`~lightning_focal.models.fcos` (the app's, on a timm FPN backbone) or by the user
+(``torchvision.models.detection.retinanet_resnet50_fpn``, a custom backbone, ...) — and
+:func:`~lightning_focal.detection.with_focal_loss` makes the given
+:class:`~lightning_focal.DenseFocalLoss` its classification loss, so ``GammaWarmup``,
+``ClassBalancedAlpha``, ``FocalBiasInit`` and ``LossCDF`` steer and read it.
 """
 
 from __future__ import annotations
@@ -14,24 +16,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FCOS, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 
+from .._config import check_arguments
+from ..detection import SUPPORTED_DETECTORS, focal_loss_of, with_focal_loss
 from ..losses.dense_focal import DenseFocalLoss
 from ..mixin import FocalLossMixin
-from ._backbone import TimmFPNBackbone
-from ._detection_heads import FocalFCOSHead, FocalRetinaNetHead, _group_norm
-from ._loss import focal_loss_from, focal_loss_node
+from ._loss import _locate, focal_loss_from, focal_loss_node
+from .detectors import FACTORY_NODE
 
-__all__ = [
-    "DenseDetector",
-    "FCOSDetector",
-    "RetinaNetDetector",
-    "map_backend",
-    "mean_average_precision",
-]
+__all__ = ["DenseDetector", "map_backend", "mean_average_precision"]
 
 Batch = tuple[Tensor | Sequence[Tensor], list[dict[str, Tensor]]]
 MAP_KEYS = ("map", "map_50", "map_75", "mar_100")
@@ -74,14 +71,16 @@ def _plain(value: Any) -> Any:
 
 
 class DenseDetector(FocalLossMixin, pl.LightningModule):
-    """Shared Lightning logic of the dense detectors: the loss, logging, mAP and optimiser.
+    """A torchvision ``RetinaNet`` or ``FCOS`` trained with a dense focal loss: loss, logging, mAP, optimiser.
 
-    Subclasses build the torchvision detector in :meth:`build_detector`. The detector's
-    classification head holds a :class:`~lightning_focal.losses.DenseFocalLoss`
-    (``self.focal_loss``), registered as :meth:`FocalLossMixin.configure_focal_loss` would
-    register it: the mixin's step diagnostics (``focal/num_positives``,
-    ``focal/p_positives``, ``focal/p_negatives``, ``focal/gamma``, ...) are logged, the
-    callbacks find the loss, and :meth:`focal_bias_layers` is the head's ``cls_logits`` conv.
+    ``detector`` gets ``loss`` as its classification loss through
+    :func:`~lightning_focal.detection.with_focal_loss` (``self.focal_loss``), registered as
+    :meth:`FocalLossMixin.configure_focal_loss` would register it: the mixin's step
+    diagnostics (``focal/num_positives``, ``focal/p_positives``, ``focal/p_negatives``,
+    ``focal/gamma``, ...) are logged, the callbacks find the loss, and
+    :meth:`focal_bias_layers` is the head's ``cls_logits`` conv. Its box and centre-ness
+    losses, anchors, matching and post-processing stay the detector's. The prior of the
+    classification bias is the detector's too (the factories' ``prior_probability``).
 
     Batches are ``(images, targets)``: images float (B, 3, H, W) in [0, 1] (or a list of
     (3, H, W) tensors), targets a list of dicts with ``"boxes"`` (n, 4) absolute xyxy and
@@ -91,64 +90,63 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
     ``val/recall`` (= mar_100) and ``val/map_class/<class name>`` for every class with a
     defined AP (likewise ``test/``). ``validation_step`` returns the predictions.
 
+    The hyperparameters hold no module: ``detector`` is recorded as the ``_target_`` node
+    its factory left on it (``model.factory_node``) and ``loss`` as its node, so
+    ``DenseDetector.load_from_checkpoint(path)`` builds both again. A detector built
+    another way is recorded as ``None`` (with a warning): pass
+    ``load_from_checkpoint(path, detector=<the same architecture>)``.
+
     Args:
-        backbone: ``timm.create_model`` name (``features_only=True``).
-        num_classes: object classes, without a background class.
-        image_size: images are resized so that their longer side is ``image_size``
-            (torchvision's ``min_size = max_size = image_size``).
-        pretrained_backbone: load timm's pretrained weights.
-        fpn_channels: channels of the feature pyramid and the heads.
-        out_indices: backbone stages fed to the FPN (default: the last three).
-        score_thresh, nms_thresh, detections_per_img: post-processing of predictions.
+        detector: a ``torchvision.models.detection.RetinaNet`` or ``FCOS`` (or subclass),
+            or the ``_target_`` node of a factory
+            (``{"_target_": "lightning_focal.models.retinanet", "num_classes": 3, ...}``).
+            Its classification head's ``num_classes`` is the module's.
         loss: the classification loss, whole: a
             :class:`~lightning_focal.DenseFocalLoss` (γ scalar, per class or a
             sample-dependent policy, α, ``poly1``, ``normalization`` — ``"per_image"`` as
             torchvision's RetinaNet, ``"batch"`` as its FCOS with positives averaged across
             DDP ranks, or ``"mean"`` —, ``ema_momentum``, ...) or its ``_target_`` node
-            (``{"_target_": "lightning_focal.DenseFocalLoss", ...}``, what the app's
-            ``loss`` config is); ``None`` for ``DenseFocalLoss(normalization=
-            default_normalization)`` (γ=2, α=0.25). It gets the model's ``num_classes``;
-            the hyperparameters record it as a node, so ``load_from_checkpoint`` rebuilds
-            it. ``GammaWarmup`` and ``ClassBalancedAlpha`` drive its γ and α.
+            (what the app's ``loss`` config is); ``None`` for torchvision's loss
+            (γ=2, α=0.25, ``"per_image"`` for RetinaNet, ``"batch"`` for FCOS).
         class_names: names for per-class metrics and pictures (default ``"0"``, ``"1"``, ...).
         optimizer: callable taking the parameters (Hydra ``_partial_: true``);
             ``AdamW(lr=1e-3)`` when ``None``.
         scheduler: optional callable taking the optimiser; stepped every optimiser step.
-        prior_bias_init: start the ``cls_logits`` bias at the focal-loss prior
-            -log((1-π)/π), π = 0.01 (torchvision's initialisation). ``False`` sets it to 0,
-            so that a run without a prior is a real baseline; ``FocalBiasInit`` sets the prior
-            at fit start either way.
-    """
 
-    default_normalization = "per_image"
-    """``normalization`` of the loss built for ``loss=None``."""
+    Example:
+        >>> import torch
+        >>> from lightning_focal.models import retinanet
+        >>> model = DenseDetector(retinanet(num_classes=3, image_size=64, fpn_channels=16),
+        ...                       class_names=["a", "b", "c"])
+        >>> model.num_classes, model.focal_loss.normalization, model.hparams["detector"]["_target_"]
+        (3, 'per_image', 'lightning_focal.models.retinanet')
+        >>> target = {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
+        >>> sorted(model(torch.rand(1, 3, 64, 64), [target]))
+        ['bbox_regression', 'classification']
+    """
 
     def __init__(
         self,
-        backbone: str,
-        num_classes: int,
-        image_size: int,
-        pretrained_backbone: bool = False,
-        fpn_channels: int = 64,
-        out_indices: Sequence[int] | None = None,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
+        detector: RetinaNet | FCOS | Mapping[str, Any],
         loss: DenseFocalLoss | Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        prior_bias_init: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        owner = type(self).__name__
+        self.save_hyperparameters(ignore=["detector", "loss", "optimizer", "scheduler"])
+        detector = _build_detector(_plain(detector), owner)
+        if not isinstance(detector, (RetinaNet, FCOS)):
+            raise TypeError(
+                f"{owner} trains a {' or '.join(SUPPORTED_DETECTORS)} (e.g. from "
+                f"lightning_focal.models.retinanet or fcos), got {type(detector).__name__}"
+            )
+        num_classes = int(detector.head.classification_head.num_classes)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
-                f"class_names has {len(class_names)} names, expected num_classes={num_classes}"
+                f"class_names has {len(class_names)} names, the detector has "
+                f"num_classes={num_classes}"
             )
         self.num_classes = num_classes
         self.class_names = (
@@ -159,47 +157,31 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-        owner = type(self).__name__
-        default = DenseFocalLoss(normalization=self.default_normalization)
+        normalization = "per_image" if isinstance(detector, RetinaNet) else "batch"
+        default = DenseFocalLoss(normalization=normalization)
         loss = focal_loss_from(_plain(loss), DenseFocalLoss, num_classes, default, owner)
-        # the loss as a plain node, never the module: load_from_checkpoint and LightningCLI
-        # pass hyperparameters back as init arguments
+        self.detector = with_focal_loss(detector, loss)
+        node = getattr(detector, FACTORY_NODE, None)
+        if node is None:
+            rank_zero_warn(
+                f"{owner}: the detector ({type(detector).__name__}) was not built by a "
+                "lightning_focal.models factory, so the hyperparameters cannot rebuild it: "
+                "pass detector= to load_from_checkpoint"
+            )
+        # nodes, never modules: load_from_checkpoint and LightningCLI pass hyperparameters
+        # back as init arguments, and checkpoints load with torch.load(weights_only=True)
         hparams = {key: _plain(value) for key, value in self.hparams.items()}
-        self.save_hyperparameters({**hparams, "loss": focal_loss_node(loss, owner)})
-        features = TimmFPNBackbone(backbone, fpn_channels, pretrained_backbone, out_indices)
-        self.model = self.build_detector(features, loss)
-        cls_logits = self.model.head.classification_head.cls_logits
-        if not prior_bias_init:
-            nn.init.zeros_(cls_logits.bias)
-        self.configure_focal_loss(loss, bias_layer="model.head.classification_head.cls_logits")
+        self.save_hyperparameters(
+            {**hparams, "detector": node, "loss": focal_loss_node(loss, owner)}
+        )
+        self.configure_focal_loss(loss, bias_layer="detector.head.classification_head.cls_logits")
         self.val_map = mean_average_precision()
         self.test_map = mean_average_precision()
-
-    # -- construction ---------------------------------------------------------------------
-
-    def build_detector(self, backbone: TimmFPNBackbone, focal_loss: DenseFocalLoss) -> nn.Module:
-        """The torchvision detector on ``backbone`` whose classification head holds ``focal_loss``.
-
-        The extension point of :class:`DenseDetector`: RetinaNet and FCOS override it.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must override build_detector()")
-
-    def _detector_kwargs(self, backbone: TimmFPNBackbone) -> dict[str, Any]:
-        hp = self.hparams
-        return {
-            "min_size": hp.image_size,
-            "max_size": hp.image_size,
-            "image_mean": backbone.image_mean,
-            "image_std": backbone.image_std,
-            "score_thresh": hp.score_thresh,
-            "nms_thresh": hp.nms_thresh,
-            "detections_per_img": hp.detections_per_img,
-        }
 
     @property
     def focal_loss(self) -> DenseFocalLoss:
         """The classification loss inside the detector's head."""
-        return self.model.head.classification_head.focal_loss
+        return focal_loss_of(self.detector)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -211,11 +193,11 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> Any:
         """torchvision's output: the loss dict in train mode, predictions in eval mode."""
-        return self.model(self._image_list(images), targets)
+        return self.detector(self._image_list(images), targets)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
-        losses: dict[str, Tensor] = self.model(self._image_list(images), targets)
+        losses: dict[str, Tensor] = self.detector(self._image_list(images), targets)
         loss = torch.stack(list(losses.values())).sum()
         batch_size = len(targets)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -224,7 +206,7 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         return loss
 
     def _predict(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        predictions = self.model(self._image_list(images))
+        predictions = self.detector(self._image_list(images))
         return [{k: v.detach() for k, v in p.items()} for p in predictions]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
@@ -285,195 +267,23 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
         }
 
 
-class RetinaNetDetector(DenseDetector):
-    """torchvision RetinaNet on a timm backbone + FPN (P3-P7), with this package's focal loss.
-
-    Anchors: each pyramid level gets a base size (``anchor_sizes``, default 4 × its
-    stride, i.e. torchvision's 32-512 for strides 8-128) times ``anchor_scales`` (default
-    2^0, 2^(1/3), 2^(2/3), truncated to integers as torchvision does) at each of
-    ``aspect_ratios``. Anchors with IoU >= ``fg_iou_thresh`` are positives, < ``bg_iou_thresh``
-    negatives, and those between are ignored. ``head_group_norm=True`` puts a ``GroupNorm``
-    after each of the head's convolutions, as torchvision's ``retinanet_resnet50_fpn_v2``
-    (and FCOS) do; the default ``False`` is the original RetinaNet head. With the default
-    loss settings the classification loss equals torchvision's. Other arguments: see
-    :class:`DenseDetector`.
-
-    Example:
-        >>> import torch
-        >>> model = RetinaNetDetector("test_resnet", num_classes=3, image_size=64, fpn_channels=16)
-        >>> model.focal_loss.normalization, [type(m).__name__ for m in model.focal_bias_layers()]
-        ('per_image', ['Conv2d'])
-        >>> target = {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
-        >>> sorted(model(torch.rand(1, 3, 64, 64), [target]))
-        ['bbox_regression', 'classification']
-    """
-
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        image_size: int,
-        pretrained_backbone: bool = False,
-        fpn_channels: int = 64,
-        out_indices: Sequence[int] | None = None,
-        anchor_sizes: Sequence[int] | None = None,
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        anchor_scales: Sequence[float] | None = None,
-        head_group_norm: bool = False,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.4,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-        loss: DenseFocalLoss | Mapping[str, Any] | None = None,
-        class_names: Sequence[str] | None = None,
-        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
-        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        prior_bias_init: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            image_size,
-            pretrained_backbone=pretrained_backbone,
-            fpn_channels=fpn_channels,
-            out_indices=out_indices,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            loss=loss,
-            class_names=class_names,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            prior_bias_init=prior_bias_init,
+def _build_detector(detector: Any, owner: str) -> Any:
+    # a factory node: from the hyperparameters of a checkpoint, or a config not built by Hydra
+    if detector is None:
+        raise TypeError(
+            f"{owner} needs detector=: a torchvision RetinaNet/FCOS or a factory node; a "
+            "checkpoint of a detector not built by a lightning_focal.models factory records "
+            "none, so pass detector= to load_from_checkpoint"
         )
-
-    def anchor_generator(self, strides: Sequence[int]) -> AnchorGenerator:
-        """Anchors for pyramid levels of the given strides, from the anchor settings."""
-        hp = self.hparams
-        sizes = (
-            [int(s) for s in hp.anchor_sizes]
-            if hp.anchor_sizes is not None
-            else [4 * s for s in strides]
+    if not isinstance(detector, Mapping):
+        return detector
+    kwargs = {str(k): v for k, v in detector.items()}
+    target = kwargs.pop("_target_", None)
+    if target is None:
+        raise ValueError(
+            f"{owner}'s detector node needs a _target_ (e.g. lightning_focal.models.retinanet), "
+            f"got keys {sorted(kwargs)}"
         )
-        if len(sizes) != len(strides):
-            raise ValueError(
-                f"anchor_sizes has {len(sizes)} entries, the pyramid has {len(strides)} levels"
-            )
-        scales = (
-            [float(k) for k in hp.anchor_scales]
-            if hp.anchor_scales is not None
-            else [1.0, 2 ** (1 / 3), 2 ** (2 / 3)]
-        )
-        ratios = tuple(float(r) for r in hp.aspect_ratios)
-        if not scales or not ratios:
-            raise ValueError("anchor_scales and aspect_ratios need at least one value each")
-        return AnchorGenerator(
-            tuple(tuple(int(size * k) for k in scales) for size in sizes),
-            (ratios,) * len(sizes),
-        )
-
-    def build_detector(self, backbone: TimmFPNBackbone, focal_loss: DenseFocalLoss) -> nn.Module:
-        anchors = self.anchor_generator(backbone.strides)
-        head = FocalRetinaNetHead(
-            backbone.out_channels,
-            anchors.num_anchors_per_location()[0],
-            self.hparams.num_classes,
-            norm_layer=_group_norm(backbone.out_channels) if self.hparams.head_group_norm else None,
-            focal_loss=focal_loss,
-        )
-        return RetinaNet(
-            backbone,
-            self.hparams.num_classes,
-            anchor_generator=anchors,
-            head=head,
-            fg_iou_thresh=self.hparams.fg_iou_thresh,
-            bg_iou_thresh=self.hparams.bg_iou_thresh,
-            **self._detector_kwargs(backbone),
-        )
-
-
-class FCOSDetector(DenseDetector):
-    """torchvision FCOS on a timm backbone + FPN (P3-P7), with this package's focal loss.
-
-    One location per pyramid cell, of the level's stride as in torchvision; a location is
-    positive for a box when it lies inside it, within ``center_sampling_radius`` strides of
-    its centre and on the level responsible for its size. The classification loss uses
-    ``normalization="batch"`` by default, which equals torchvision's in one process and
-    averages the positive count across DDP ranks; the GIoU box and centre-ness losses are
-    torchvision's.
-
-    ``box_activation="exp"`` (the default) predicts the four box distances as exp(s_l·x)
-    with a learnable scale per level, as the FCOS paper does
-    (:class:`~lightning_focal.models._detection_heads.FCOSExpRegressionHead`);
-    ``"relu"`` is torchvision's relu(x), whose zero-area boxes at initialisation can stall
-    the GIoU loss at 1.0 for a whole run. With ``"relu"`` every loss term equals
-    torchvision's FCOS (tested). Other arguments: see :class:`DenseDetector`.
-
-    Example:
-        >>> import torch
-        >>> model = FCOSDetector("test_resnet", num_classes=3, image_size=64, fpn_channels=32)
-        >>> target = {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
-        >>> sorted(model(torch.rand(1, 3, 64, 64), [target]))
-        ['bbox_ctrness', 'bbox_regression', 'classification']
-        >>> model.model.head.regression_head.scales.tolist()
-        [1.0, 1.0, 1.0, 1.0, 1.0]
-    """
-
-    default_normalization = "batch"
-
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        image_size: int,
-        pretrained_backbone: bool = False,
-        fpn_channels: int = 64,
-        out_indices: Sequence[int] | None = None,
-        center_sampling_radius: float = 1.5,
-        box_activation: str = "exp",
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-        loss: DenseFocalLoss | Mapping[str, Any] | None = None,
-        class_names: Sequence[str] | None = None,
-        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
-        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        prior_bias_init: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            image_size,
-            pretrained_backbone=pretrained_backbone,
-            fpn_channels=fpn_channels,
-            out_indices=out_indices,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            loss=loss,
-            class_names=class_names,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            prior_bias_init=prior_bias_init,
-        )
-
-    def build_detector(self, backbone: TimmFPNBackbone, focal_loss: DenseFocalLoss) -> nn.Module:
-        strides = backbone.strides
-        anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-        head = FocalFCOSHead(
-            backbone.out_channels,
-            1,
-            self.hparams.num_classes,
-            focal_loss=focal_loss,
-            box_activation=self.hparams.box_activation,
-            num_levels=len(strides),
-        )
-        return FCOS(
-            backbone,
-            self.hparams.num_classes,
-            anchor_generator=anchors,
-            head=head,
-            center_sampling_radius=self.hparams.center_sampling_radius,
-            **self._detector_kwargs(backbone),
-        )
+    factory = _locate(target, "detector") if isinstance(target, str) else target
+    check_arguments(factory, kwargs, "detector")
+    return factory(**kwargs)

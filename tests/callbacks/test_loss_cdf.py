@@ -240,9 +240,9 @@ class UserDetector(FocalLossMixin, pl.LightningModule):
 
 def app_detector():
     pytest.importorskip("timm")
-    from lightning_focal.models import RetinaNetDetector
+    from lightning_focal.models import DenseDetector, retinanet
 
-    return RetinaNetDetector("test_resnet", num_classes=4, image_size=64, fpn_channels=16)
+    return DenseDetector(retinanet(num_classes=4, image_size=64, fpn_channels=16))
 
 
 def stacked_loader():

@@ -1,4 +1,4 @@
-"""RetinaNet / FCOS detectors: backbone, a real fit with the focal callbacks, mAP logging, pictures."""
+"""DenseDetector over retinanet()/fcos() and users' detectors: factories, a real fit with the focal callbacks, mAP, checkpoints, pictures."""
 
 from __future__ import annotations
 
@@ -17,18 +17,21 @@ pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
 import lightning.pytorch as pl
+from _detection_utils import NUM_CLASSES, detection_loader, small_fcos, small_retinanet
 from _trainer_utils import fast_trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
+from torchvision.models.detection import FCOS, RetinaNet
 
 from lightning_focal.callbacks import ClassBalancedAlpha, FocalBiasInit, GammaWarmup
 from lightning_focal.losses import DenseFocalLoss
 from lightning_focal.mixin import find_focal_losses
 from lightning_focal.models import (
-    FCOSDetector,
+    DenseDetector,
     FCOSExpRegressionHead,
-    RetinaNetDetector,
     TimmFPNBackbone,
+    fcos,
+    retinanet,
 )
 from lightning_focal.plots_detection import DetectionSamples, draw_detections
 from lightning_focal.schedules import LinearRamp
@@ -126,10 +129,16 @@ class ImageLogger(Logger):
         self.images.append((key, images, step))
 
 
-def small(cls, **kwargs: Any):
-    options: dict[str, Any] = dict(fpn_channels=16, class_names=CLASS_NAMES)
+MODULE_ARGUMENTS = ("loss", "class_names", "optimizer", "scheduler")
+
+
+def small(factory, **kwargs: Any) -> DenseDetector:
+    """DenseDetector over ``factory(num_classes=3, image_size=64, fpn_channels=16, ...)``."""
+    module = {"class_names": CLASS_NAMES}
+    module.update({k: kwargs.pop(k) for k in MODULE_ARGUMENTS if k in kwargs})
+    options: dict[str, Any] = dict(fpn_channels=16)
     options.update(kwargs)
-    return cls("test_resnet", num_classes=3, image_size=64, **options)
+    return DenseDetector(factory(num_classes=3, image_size=64, **options), **module)
 
 
 # -- backbone ------------------------------------------------------------------------------
@@ -165,80 +174,166 @@ def test_import_lightning_focal_does_not_import_timm():
 # -- construction --------------------------------------------------------------------------
 
 
-def test_detectors_hold_a_dense_focal_loss_in_the_head():
-    retina = small(
-        RetinaNetDetector,
-        loss=DenseFocalLoss(gamma=1.5, alpha=None, normalization="per_image"),
-        aspect_ratios=[1.0],
-        anchor_scales=[1.0, 1.5],
+def test_factories_build_torchvision_detectors_with_the_expected_anchors():
+    model = retinanet(3, 64, fpn_channels=16, aspect_ratios=[1.0], anchor_scales=[1.0, 1.5])
+    assert type(model) is RetinaNet and model.transform.min_size == (64,)
+    assert model.anchor_generator.num_anchors_per_location() == [2] * 5
+    assert model.anchor_generator.sizes[0] == (32, 48)  # 4 x stride 8, times each scale
+    assert (
+        model.proposal_matcher.high_threshold == 0.5 and model.proposal_matcher.low_threshold == 0.4
     )
-    head = retina.model.head.classification_head
+    assert not any(isinstance(m, nn.GroupNorm) for m in model.head.modules())
+    assert not hasattr(model.head.classification_head, "focal_loss")  # plain torchvision
+    default = retinanet(3, 64, fpn_channels=16)
+    assert default.anchor_generator.num_anchors_per_location() == [9] * 5
+    assert default.anchor_generator.aspect_ratios[0] == (0.5, 1.0, 2.0)
+    normed = retinanet(3, 64, fpn_channels=16, head_group_norm=True).head
+    assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
+    # the app's shapes anchors: P2-P7, 2 x the stride, square
+    shapes = retinanet(
+        3,
+        64,
+        fpn_channels=16,
+        out_indices=[1, 2, 3, 4],
+        anchor_sizes=[8, 16, 32, 64, 128, 256],
+        aspect_ratios=[1.0],
+    )
+    assert shapes.backbone.strides == [4, 8, 16, 32, 64, 128]
+    assert [s[0] for s in shapes.anchor_generator.sizes] == [8, 16, 32, 64, 128, 256]
+
+    locations = fcos(3, 64, fpn_channels=16)
+    assert type(locations) is FCOS and locations.center_sampling_radius == 1.5
+    assert locations.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert locations.anchor_generator.num_anchors_per_location() == [1] * 5
+    # the narrow GroupNorm torchvision's FCOSHead cannot take: 16 channels, 8 groups
+    assert locations.head.classification_head.conv[1].num_groups == 8
+    assert isinstance(locations.head.regression_head, FCOSExpRegressionHead)
+
+    with pytest.raises(ValueError, match="anchor_sizes has 2 entries"):
+        retinanet(3, 64, fpn_channels=16, anchor_sizes=[32, 64])
+    with pytest.raises(ValueError, match="num_classes"):
+        fcos(0, 64, fpn_channels=16)
+
+
+@pytest.mark.parametrize("factory", [retinanet, fcos])
+def test_prior_probability_sets_the_cls_bias(factory):
+    def bias(**kwargs: Any) -> torch.Tensor:
+        return factory(3, 64, fpn_channels=16, **kwargs).head.classification_head.cls_logits.bias
+
+    default = bias()  # torchvision's π = 0.01
+    torch.testing.assert_close(default, torch.full_like(default, -math.log(99)))
+    other = bias(prior_probability=0.1)
+    torch.testing.assert_close(other, torch.full_like(other, -math.log(9)))
+    assert torch.count_nonzero(bias(prior_probability=None)) == 0
+    assert torch.count_nonzero(bias(prior_probability=0.0)) == 0
+    with pytest.raises(ValueError, match=r"prior_probability must be in \[0, 1\)"):
+        bias(prior_probability=1.0)
+    # the module keeps the detector's bias: one mechanism
+    model = DenseDetector(factory(3, 64, fpn_channels=16, prior_probability=0.1))
+    head_bias = model.detector.head.classification_head.cls_logits.bias
+    torch.testing.assert_close(head_bias, torch.full_like(head_bias, -math.log(9)))
+
+
+def test_dense_detector_holds_a_dense_focal_loss_in_the_head():
+    retina = small(retinanet, loss=DenseFocalLoss(gamma=1.5, alpha=None, normalization="per_image"))
+    head = retina.detector.head.classification_head
     assert isinstance(head.focal_loss, DenseFocalLoss) and retina.focal_loss is head.focal_loss
     assert float(retina.focal_loss.gamma) == 1.5 and retina.focal_loss.alpha is None
-    assert retina.focal_loss.normalization == "per_image"
-    assert list(find_focal_losses(retina)) == ["model.head.classification_head.focal_loss"]
+    assert retina.num_classes == 3 and retina.focal_loss.num_classes == 3
+    assert list(find_focal_losses(retina)) == ["detector.head.classification_head.focal_loss"]
     assert retina.focal_bias_layers() == [head.cls_logits]
-    assert retina.model.anchor_generator.num_anchors_per_location() == [2] * 5
-    # the loss is recorded as its node (never the module); the mixin stores no hparams
+    # the loss and the detector are recorded as nodes (never modules); the mixin stores none
     assert retina.hparams["loss"]["normalization"] == "per_image"
     assert retina.hparams["loss"]["_target_"] == "lightning_focal.DenseFocalLoss"
+    assert retina.hparams["detector"]["_target_"] == "lightning_focal.models.retinanet"
+    assert retina.hparams["detector"]["aspect_ratios"] == [0.5, 1.0, 2.0]
+    assert not any(isinstance(v, nn.Module) for v in retina.hparams.values())
     assert "focal_loss" not in retina.hparams
-    assert small(RetinaNetDetector).focal_loss.normalization == "per_image"  # the default loss
-    assert not any(isinstance(m, nn.GroupNorm) for m in retina.model.head.modules())
-    normed = small(RetinaNetDetector, head_group_norm=True).model.head
-    assert sum(isinstance(m, nn.GroupNorm) for m in normed.modules()) == 8
+    assert small(retinanet).focal_loss.normalization == "per_image"  # torchvision's loss
+    assert small(fcos).focal_loss.normalization == "batch"
 
     node = {"_target_": "lightning_focal.DenseFocalLoss", "gamma": [1.0, 2.0, 3.0]}
-    fcos = small(FCOSDetector, loss={**node, "ema_momentum": 0.9})
-    assert fcos.focal_loss.normalization == "batch" and fcos.focal_loss.ema_momentum == 0.9
-    assert fcos.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
-    assert fcos.model.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    locations = small(fcos, loss={**node, "ema_momentum": 0.9})
+    assert (
+        locations.focal_loss.normalization == "batch" and locations.focal_loss.ema_momentum == 0.9
+    )
+    assert locations.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
+    # FCOSNormHead becomes the package's (importable) focal head, not a made-up subclass
+    assert type(locations.detector.head).__name__ == "FocalFCOSHead"
 
-    with pytest.raises(ValueError, match="anchor_sizes"):
-        small(RetinaNetDetector, anchor_sizes=[32, 64])
-    with pytest.raises(ValueError, match="class_names"):
-        small(RetinaNetDetector, class_names=["a"])
+    with pytest.raises(ValueError, match="class_names has 1 names"):
+        small(retinanet, class_names=["a"])
+    with pytest.raises(ValueError, match=r"loss\.num_classes=4"):
+        small(fcos, loss=DenseFocalLoss(num_classes=4))
+    with pytest.raises(TypeError, match="trains a torchvision"):
+        DenseDetector(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="needs detector="):
+        DenseDetector(None)
+    with pytest.raises(ValueError, match=r"unknown config key detector\.anchor_size\b"):
+        DenseDetector(
+            {
+                "_target_": "lightning_focal.models.retinanet",
+                "num_classes": 3,
+                "image_size": 64,
+                "anchor_size": [8],
+            }
+        )
 
 
-@pytest.mark.parametrize("cls", [RetinaNetDetector, FCOSDetector])
-def test_prior_bias_init(cls):
-    assert torch.count_nonzero(small(cls).model.head.classification_head.cls_logits.bias) == 0
-    bias = small(cls, prior_bias_init=True).model.head.classification_head.cls_logits.bias
-    torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)))
+@pytest.mark.parametrize("build", [small_retinanet, small_fcos])
+def test_a_users_torchvision_detector_trains_validates_and_reloads(tmp_path, build):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="pass detector= to load_from_checkpoint"):
+        model = DenseDetector(build(), loss=DenseFocalLoss(gamma=1.0, alpha=0.5))
+    assert model.num_classes == NUM_CLASSES and model.hparams["detector"] is None
+    assert float(model.focal_loss.gamma) == 1.0
+    fit = trainer(tmp_path, max_steps=3, limit_val_batches=1)  # one epoch, then validation
+    fit.fit(model, detection_loader(), detection_loader(batches=1))
+    assert (
+        "val/map" in fit.callback_metrics and float(fit.callback_metrics["focal/num_positives"]) > 0
+    )
+    fit.save_checkpoint(tmp_path / "user.ckpt")
+    with pytest.raises(TypeError, match="pass detector= to load_from_checkpoint"):
+        DenseDetector.load_from_checkpoint(tmp_path / "user.ckpt")
+    with pytest.warns(UserWarning, match="pass detector="):
+        restored = DenseDetector.load_from_checkpoint(tmp_path / "user.ckpt", detector=build())
+    assert float(restored.focal_loss.gamma) == 1.0 and float(restored.focal_loss.alpha) == 0.5
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[key], value)
 
 
 # -- FCOS box regression --------------------------------------------------------------------
 
 
-def box_loss_backward(model: FCOSDetector) -> tuple[float, nn.Module]:
+def box_loss_backward(model: DenseDetector) -> tuple[float, nn.Module]:
     """Box loss of a batch, backpropagated; returns it and the regression head."""
     images, targets = next(iter(loader()))
     losses = model.train()(images, targets)
     losses["bbox_regression"].backward()
-    return float(losses["bbox_regression"]), model.model.head.regression_head
+    return float(losses["bbox_regression"]), model.detector.head.regression_head
 
 
 def test_relu_box_head_stalls_once_its_outputs_are_negative_and_exp_head_does_not():
     # Seed 0 of benchmarks/detection.py: torchvision's relu outputs went <= 0 within 5 steps;
     # then every box has zero area, the GIoU loss is exactly 1 and no gradient reaches the head.
-    relu = small(FCOSDetector, box_activation="relu")
-    nn.init.constant_(relu.model.head.regression_head.bbox_reg.bias, -1.0)
+    relu = small(fcos, box_activation="relu")
+    nn.init.constant_(relu.detector.head.regression_head.bbox_reg.bias, -1.0)
     loss, head = box_loss_backward(relu)
     assert loss == pytest.approx(1.0) and torch.count_nonzero(head.bbox_reg.weight.grad) == 0
 
-    exp = small(FCOSDetector)
-    nn.init.constant_(exp.model.head.regression_head.bbox_reg.bias, -1.0)
+    exp = small(fcos)
+    nn.init.constant_(exp.detector.head.regression_head.bbox_reg.bias, -1.0)
     loss, head = box_loss_backward(exp)
     assert loss < 0.99 and torch.count_nonzero(head.bbox_reg.weight.grad) > 0
     assert torch.count_nonzero(head.scales.grad) > 0
 
 
 def test_exp_box_head_starts_at_one_stride_with_a_scale_per_level():
-    model = small(FCOSDetector)
-    head = model.model.head.regression_head
+    model = small(fcos)
+    head = model.detector.head.regression_head
     assert isinstance(head, FCOSExpRegressionHead) and head.scales.tolist() == [1.0] * 5
     assert any(p is head.scales for p in model.parameters())
-    features = list(model.model.backbone(torch.rand(2, 3, 64, 64)).values())
+    features = list(model.detector.backbone(torch.rand(2, 3, 64, 64)).values())
     boxes, ctrness = head(features)
     assert boxes.shape == (2, 64 + 16 + 4 + 1 + 1, 4) and ctrness.shape == (2, 86, 1)
     # exp(x) with x ~ 0 at initialisation: every box reaches about one stride each way
@@ -246,17 +341,19 @@ def test_exp_box_head_starts_at_one_stride_with_a_scale_per_level():
     with pytest.raises(ValueError, match="feature levels"):
         head(features[:3])
     with pytest.raises(ValueError, match="box_activation"):
-        small(FCOSDetector, box_activation="sigmoid")
-    relu = small(FCOSDetector, box_activation="relu").model.head.regression_head
+        small(fcos, box_activation="sigmoid")
+    relu = small(fcos, box_activation="relu").detector.head.regression_head
     assert type(relu).__name__ == "FCOSRegressionHead"
 
 
 # -- training with the focal callbacks -----------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [RetinaNetDetector, FCOSDetector])
-def test_fit_with_focal_callbacks(tmp_path, cls):
-    model = small(cls, optimizer=partial(torch.optim.AdamW, lr=0.0))  # lr 0: the bias stays put
+@pytest.mark.parametrize("factory", [retinanet, fcos])
+def test_fit_with_focal_callbacks(tmp_path, factory):
+    # no prior from the factory: FocalBiasInit (the tool for with_focal_loss users) sets it;
+    # lr 0: the bias stays put
+    model = small(factory, prior_probability=None, optimizer=partial(torch.optim.AdamW, lr=0.0))
     gamma_seen = GammaSeen()
     samples = DetectionSamples(num_images=2, min_score=0.0)
     logger = ImageLogger(tmp_path)
@@ -278,7 +375,7 @@ def test_fit_with_focal_callbacks(tmp_path, cls):
     assert gamma_seen.gammas == [0.0, 1.0, 2.0]
     alpha = model.focal_loss.alpha
     assert alpha.shape == (3,) and bool(((alpha > 0) & (alpha < 1)).all())
-    bias = model.model.head.classification_head.cls_logits.bias
+    bias = model.detector.head.classification_head.cls_logits.bias
     torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)))
 
     metrics = fit.callback_metrics
@@ -296,7 +393,7 @@ def test_fit_with_focal_callbacks(tmp_path, cls):
         "focal/p_negatives",
         "focal/gamma",
     ]
-    if cls is FCOSDetector:
+    if factory is fcos:
         expected.append("train/loss_bbox_ctrness")
     assert not [key for key in expected if key not in metrics]
     assert any(key.startswith("val/map_class/") for key in metrics)
@@ -311,11 +408,12 @@ def test_fit_with_focal_callbacks(tmp_path, cls):
     assert [(key, len(images)) for key, images, _ in logger.images] == [("val/detections", 2)]
 
 
-def test_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("factory", [retinanet, fcos])
+def test_checkpoint_round_trip(tmp_path, factory):
     omegaconf = pytest.importorskip("omegaconf")
     config = omegaconf.OmegaConf.create(
         {
-            "anchor_sizes": [16, 32, 64, 128, 256],
+            "out_indices": [1, 2, 3],
             "loss": {
                 "_target_": "lightning_focal.DenseFocalLoss",
                 "gamma": [1.0, 2.0, 3.0],
@@ -325,20 +423,24 @@ def test_checkpoint_round_trip(tmp_path):
         }
     )
     model = small(
-        RetinaNetDetector, anchor_sizes=config.anchor_sizes, loss=config.loss
+        factory, out_indices=config.out_indices, loss=config.loss, prior_probability=None
     )  # as Hydra gives them without _convert_
     fit = trainer(tmp_path, max_steps=1, limit_val_batches=0)
     fit.fit(model, loader(3))
     fit.save_checkpoint(tmp_path / "model.ckpt")
 
     hparams = torch.load(tmp_path / "model.ckpt", weights_only=True)["hyper_parameters"]
-    assert hparams["anchor_sizes"] == [16, 32, 64, 128, 256] and "optimizer" not in hparams
-    restored = RetinaNetDetector.load_from_checkpoint(tmp_path / "model.ckpt")
-    assert restored.hparams.anchor_sizes == [16, 32, 64, 128, 256]
+    assert "optimizer" not in hparams and hparams["class_names"] == CLASS_NAMES
+    assert hparams["detector"]["out_indices"] == [1, 2, 3]
+    assert hparams["detector"]["prior_probability"] is None
+    restored = DenseDetector.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert type(restored.detector) is type(model.detector)
+    assert restored.detector.backbone.strides[0] == 4 and restored.class_names == CLASS_NAMES
     assert restored.focal_loss.gamma.tolist() == [1.0, 2.0, 3.0]
     # options that are no buffers come back from the loss node in the hyperparameters
     assert restored.focal_loss.poly1 == 1.0 and restored.focal_loss.normalization == "mean"
     assert hparams["loss"]["poly1"] == 1.0 and hparams["loss"]["num_classes"] == 3
+    assert restored.state_dict().keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value)
 
@@ -361,20 +463,18 @@ class Oracle(nn.Module):
 
 def test_validate_and_test_log_map_per_class(tmp_path):
     data = loader(6, batch_size=3)
-    model = small(RetinaNetDetector)
+    model = small(retinanet)
     present = {CLASS_NAMES[c] for _, targets in data for t in targets for c in t["labels"].tolist()}
 
-    model.model = Oracle(data)
+    model.detector = Oracle(data)
     metrics = trainer(tmp_path).validate(model, data, verbose=False)[0]
     assert metrics["val/map"] == pytest.approx(1.0) and metrics["val/map_50"] == pytest.approx(1.0)
     assert metrics["val/recall"] == pytest.approx(1.0) == metrics["val/mar_100"]
     assert {k.rsplit("/", 1)[1] for k in metrics if k.startswith("val/map_class/")} == present
     assert all(metrics[f"val/map_class/{name}"] == pytest.approx(1.0) for name in present)
 
-    model = RetinaNetDetector(
-        "test_resnet", 4, 64, fpn_channels=16, class_names=[*CLASS_NAMES, "yellow"]
-    )
-    model.model = Oracle(data)
+    model = DenseDetector(retinanet(4, 64, fpn_channels=16), class_names=[*CLASS_NAMES, "yellow"])
+    model.detector = Oracle(data)
     metrics = trainer(tmp_path).test(model, data, verbose=False)[0]
     assert "test/map_class/yellow" not in metrics  # no ground truth: AP undefined, not 0
     assert metrics["test/map"] == pytest.approx(1.0)
@@ -382,7 +482,7 @@ def test_validate_and_test_log_map_per_class(tmp_path):
 
 
 def test_predict(tmp_path):
-    model = small(FCOSDetector, detections_per_img=5, score_thresh=0.0)
+    model = small(fcos, detections_per_img=5, score_thresh=0.0)
     batches = trainer(tmp_path).predict(model, loader(3))
     assert len(batches) == 1 and len(batches[0]) == 3
     assert set(batches[0][0]) == {"boxes", "scores", "labels"} and len(batches[0][0]["boxes"]) == 5
@@ -425,7 +525,7 @@ def test_detection_samples_skip_sanity_check(tmp_path):
         num_sanity_val_steps=1,
         callbacks=[samples],
     )
-    fit.fit(small(FCOSDetector), loader(3), loader(3))
+    fit.fit(small(fcos), loader(3), loader(3))
     assert [path.name for path in samples.saved] == [
         "epoch000-step000001-0.png"
     ]  # not the sanity check
@@ -434,7 +534,7 @@ def test_detection_samples_skip_sanity_check(tmp_path):
     rare = DetectionSamples(every_n_validations=2)
     trainer(
         tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[rare]
-    ).fit(small(FCOSDetector), loader(3), loader(3))
+    ).fit(small(fcos), loader(3), loader(3))
     assert rare.saved == []
     with pytest.raises(ValueError, match="every_n_validations"):
         DetectionSamples(every_n_validations=0)

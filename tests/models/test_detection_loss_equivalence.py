@@ -18,10 +18,11 @@ from torchvision.models.detection.retinanet import (
 
 from lightning_focal.losses import DenseFocalLoss
 from lightning_focal.models import (
-    FCOSDetector,
+    DenseDetector,
     FocalFCOSHead,
     FocalRetinaNetClassificationHead,
-    RetinaNetDetector,
+    fcos,
+    retinanet,
 )
 
 
@@ -195,10 +196,7 @@ def _images_and_targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tens
 
 
 def test_retinanet_detector_losses_equal_torchvision_retinanet():
-    detector = RetinaNetDetector(
-        "test_resnet", num_classes=4, image_size=64, fpn_channels=16, prior_bias_init=True
-    )
-    ours = detector.model
+    ours = DenseDetector(retinanet(num_classes=4, image_size=64, fpn_channels=16)).detector
     reference = RetinaNet(
         ours.backbone,
         num_classes=4,
@@ -222,15 +220,10 @@ def test_retinanet_detector_losses_equal_torchvision_retinanet():
 
 def test_fcos_detector_losses_equal_torchvision_fcos():
     # torchvision's regression head: relu box outputs (the default "exp" is the FCOS paper's)
-    detector = FCOSDetector(
-        "test_resnet",
-        num_classes=4,
-        image_size=64,
-        fpn_channels=64,
-        prior_bias_init=True,
-        box_activation="relu",
+    detector = DenseDetector(
+        fcos(num_classes=4, image_size=64, fpn_channels=64, box_activation="relu")
     )
-    ours = detector.model
+    ours = detector.detector
     reference = FCOS(
         ours.backbone,
         num_classes=4,

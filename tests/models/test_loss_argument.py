@@ -118,14 +118,14 @@ def test_classifier_default_loss_and_refusals():
 
 
 def test_detector_takes_options_the_old_arguments_lacked():
-    from lightning_focal.models import FCOSDetector
+    from lightning_focal.models import DenseDetector, fcos
 
     node = {
         "_target_": "lightning_focal.DenseFocalLoss",
         "alpha": [0.2, 0.3, 0.5],
         "poly1": 1.0,
     }
-    model = FCOSDetector("test_resnet", num_classes=3, image_size=64, fpn_channels=16, loss=node)
+    model = DenseDetector(fcos(num_classes=3, image_size=64, fpn_channels=16), loss=node)
     assert model.focal_loss.poly1 == 1.0 and model.focal_loss.alpha.tolist() == pytest.approx(
         [0.2, 0.3, 0.5]
     )
@@ -133,11 +133,9 @@ def test_detector_takes_options_the_old_arguments_lacked():
     with pytest.raises(
         ValueError, match=r"unknown config key loss\.label_smoothing: DenseFocalLoss"
     ):
-        FCOSDetector(
-            "test_resnet",
-            num_classes=3,
-            image_size=64,
+        DenseDetector(
+            fcos(num_classes=3, image_size=64, fpn_channels=16),
             loss={"_target_": "lightning_focal.DenseFocalLoss", "label_smoothing": 0.1},
         )
     with pytest.raises(TypeError, match="trains with a DenseFocalLoss"):
-        FCOSDetector("test_resnet", num_classes=3, image_size=64, loss=SoftmaxFocalLoss())
+        DenseDetector(fcos(3, image_size=64, fpn_channels=16), loss=SoftmaxFocalLoss())
