@@ -108,14 +108,15 @@ class Kernel:
 
     def compiles(self, numel: int) -> bool:
         """Whether a call on ``numel`` elements goes to the compiled kernel now."""
-        if self.name in _state["broken"] or torch.compiler.is_compiling():
-            return False
         mode = get_backend()
-        if mode != "auto":
-            return mode == "compile"
-        return numel >= COMPILE_MIN_NUMEL and (
-            self._compiled is not None or self.eager_elements >= COMPILE_AFTER_ELEMENTS
-        )
+        if mode == "auto":
+            if numel < COMPILE_MIN_NUMEL or (
+                self._compiled is None and self.eager_elements < COMPILE_AFTER_ELEMENTS
+            ):
+                return False
+        elif mode != "compile":
+            return False
+        return self.name not in _state["broken"] and not torch.compiler.is_compiling()
 
     def note_eager(self, numel: int) -> None:
         """Count an eager run of this kernel's work done outside :meth:`__call__`."""

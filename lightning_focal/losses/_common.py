@@ -124,7 +124,12 @@ def composite_needed(*tensors: Tensor | None) -> bool:
     """Whether a call must take the composite (autograd-differentiated) path: inside
     ``torch.compile`` or a ``torch.func`` transform, or when a tensor other than the
     logits (targets, γ, α, weights) asks for a gradient."""
-    return _tracing() or any(t is not None and t.requires_grad for t in tensors)
+    if _tracing():
+        return True
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -197,15 +202,9 @@ def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
     Reading a CPU scalar costs no device sync; a CUDA γ stays a tensor (memory-bound
     there). Those γ take product forms of (1-p)^γ in the kernels.
     """
-    if (
-        policy is not None
-        or gamma is None
-        or gamma.dim() != 0
-        or gamma.device.type != "cpu"
-        or gamma.requires_grad
-    ):
+    if policy is not None or gamma is None or gamma.dim() or not gamma.is_cpu or gamma.requires_grad:
         return None
-    value = float(gamma)
+    value = gamma.item()
     return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None
 
 
@@ -239,6 +238,8 @@ def gamma_arg(
     gamma: Any, num_classes: int, device: torch.device, dtype: torch.dtype, where: str
 ) -> tuple[Tensor | None, Policy]:
     """(γ tensor, None) or (None, policy tuple) from any γ a loss function accepts."""
+    if type(gamma) is float and 0.0 <= gamma < math.inf:  # the usual call, checked
+        return cached_scalar(gamma, dtype, device), None
     as_tuple = getattr(gamma, "as_tuple", None)  # a SampleDependentGamma
     if as_tuple is not None:
         return None, as_tuple()
