@@ -348,8 +348,13 @@ def _eager_grad(x, target, shift, log_sum, scale, run) -> Tensor:
 # backward is one exp of the saved log-probabilities, a scatter and a multiply.
 
 
+_CPU_ZEROS = {dtype: torch.zeros((), dtype=dtype) for dtype in (torch.float32, torch.float64)}
+
+
 def _zero(like: Tensor) -> Tensor:
-    """A cached 0-d zero: ``addcmul(zero, a, b, value=c)`` is c·a·b in one ATen call."""
+    """A 0-d zero: ``addcmul(zero, a, b, value=c)`` is c·a·b in one ATen call."""
+    if like.is_cpu:
+        return _CPU_ZEROS[like.dtype]
     return cached_scalar(0.0, like.dtype, like.device)
 
 
@@ -471,8 +476,9 @@ class SmallSoftmaxFocalFunction(torch.autograd.Function):
 
     The usual call (no α, nothing ignored, no ε, γ a small integer: the mean or sum of
     -(1-p)^γ log p) takes a lean form, written out here, where each ATen call and each line
-    of Python counts: log_softmax, a gather and four ops on one value per sample forward;
-    three on one value per sample, an exp, a scatter and a multiply backward.
+    of Python counts: log_softmax, a gather and four ops on one value per sample for the
+    loss; three on one value per sample, an exp, a scatter and a multiply for the gradient,
+    which the forward computes when the input requires grad (see :func:`_lean_gradient`).
     """
 
     @staticmethod
@@ -504,42 +510,61 @@ class SmallSoftmaxFocalFunction(torch.autograd.Function):
         # (1-p)^γ = (-e)^γ and the sign goes into c
         e = torch.expm1(logp)
         scale = 1.0 / logp.numel() if reduction == "mean" else 1.0
-        ek = _integer_power(e, gint)
-        if ek is None:
+        if gint == 2:  # the default γ, spelt out
+            out = torch.addcmul(_zero(e), e * e, logp, value=-scale).sum()
+        elif gint == 0:
             out = logp.sum() * -scale
         else:
             coeff = -scale if gint % 2 == 0 else scale
-            out = torch.addcmul(_zero(e), ek, logp, value=coeff).sum()
-        ctx.state = (logp_all, d, tgt, logp, e, scale)
+            out = torch.addcmul(_zero(e), _integer_power(e, gint), logp, value=coeff).sum()
         ctx.lean = True
+        ctx.state = None
+        if ctx.needs_input_grad[0]:
+            # The gradient for an upstream gradient of 1 (a loss's backward()), computed
+            # here: the backward is then a return (or one multiply), where each ATen call
+            # and line of Python costs what the arithmetic on a small batch costs. It takes
+            # the place of the log-probabilities that cross_entropy keeps.
+            grad = _lean_gradient(logp_all, d, tgt, logp, e, gint, scale)
+            if grad.dtype != x.dtype:
+                grad = grad.to(x.dtype)
+            ctx.state = grad.mT if d == 0 else grad
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        eps, policy, ignore_index, reduction, _, gint = ctx.config
         if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
             return _small_double_differentiable(ctx, grad_out), None, None, None, None
-        if not ctx.lean:
-            grad = _small_general_backward(ctx.state, eps, gint, grad_out)
-        else:
-            logp_all, d, tgt, logp, e, factor = ctx.state
-            if grad_out.is_cpu:
-                factor *= float(grad_out)  # a 0-d CPU loss: scale by a Python float
-            # s = -∂l/∂log p = (1-p)^(γ-1)·((1-p) - γ·p·log p) = (-1)^γ e^(γ-1)(e + γ·p·log p)
-            if gint == 0:
-                s = factor
-            else:
-                inner = torch.addcmul(e, logp.exp(), logp, value=gint)
-                ek = _integer_power(e, gint - 1)
-                factor = factor if gint % 2 == 0 else -factor
-                s = inner * factor if ek is None else torch.addcmul(_zero(e), inner, ek, value=factor)
-            # p_y - 1 = e at the target, p elsewhere; times s
-            grad = torch.exp(logp_all).scatter_(d, tgt, e).mul_(s)
+        if ctx.lean:
+            grad = ctx.state
             if not grad_out.is_cpu:
-                grad = grad.mul_(grad_out)
+                grad = grad * grad_out
+            elif float(grad_out) != 1.0:
+                grad = grad * float(grad_out)
+            return grad, None, None, None, None
+        eps, _, _, _, _, gint = ctx.config
+        grad = _small_general_backward(ctx.state, eps, gint, grad_out)
         if grad.dtype != ctx.x_dtype:
             grad = grad.to(ctx.x_dtype)
-        return (grad.mT if grad.dim() == 2 and ctx.state[1] == 0 else grad), None, None, None, None
+        return (grad.mT if ctx.state[1] == 0 else grad), None, None, None, None
+
+
+def _lean_gradient(logp_all, d, tgt, logp, e, gint: int, scale: float) -> Tensor:
+    """scale·s·(softmax - onehot) for the lean forward of :class:`SmallSoftmaxFocalFunction`
+    with s = -∂l/∂log p = (1-p)^(γ-1)·((1-p) - γ·p·log p) = (-1)^γ e^(γ-1)·(e + γ·p·log p)."""
+    if gint == 2:
+        inner = torch.addcmul(e, logp.exp(), logp, value=2.0)
+        s = torch.addcmul(_zero(e), inner, e, value=scale)
+    elif gint == 0:
+        s = scale
+    else:
+        inner = torch.addcmul(e, logp.exp(), logp, value=gint)
+        factor = scale if gint % 2 == 0 else -scale
+        if gint == 1:
+            s = inner * factor
+        else:
+            s = torch.addcmul(_zero(e), inner, _integer_power(e, gint - 1), value=factor)
+    # p_y - 1 = e at the target (exact as p -> 1), p elsewhere; times s
+    return torch.exp(logp_all).scatter_(d, tgt, e).mul_(s)
 
 
 def _small_double_differentiable(ctx, grad_out: Tensor) -> Tensor:
@@ -549,10 +574,8 @@ def _small_double_differentiable(ctx, grad_out: Tensor) -> Tensor:
     x, target, alpha, gamma = ctx.saved_tensors
     denom = None
     if reduction == "mean":
-        denom = ctx.state[5]
-        if ctx.lean:
-            denom = 1.0 / denom
-        elif isinstance(denom, Tensor):
+        denom = float(target.numel()) if ctx.lean else ctx.state[5]
+        if isinstance(denom, Tensor):
             denom = torch.where(denom == 0, 1.0, denom)  # all ignored: gradient 0
 
     def loss_fn(xv):

@@ -614,3 +614,36 @@ def test_eager_index_path_refuses_an_index_out_of_range_with_ignored_rows_presen
     for target in (torch.tensor([0, 10, 1, 2]), torch.tensor([0, -100, 12, 2])):
         with pytest.raises(ValueError, match="class index 1[02], out of range for 10 classes"):
             softmax_focal_loss(x, target)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 3.0, 0.5])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_usual_call_takes_the_lean_route(monkeypatch, gamma, reduction, dtype):
+    """(N, C) logits, int64 indices, a scalar γ, no α: the function and the module skip
+    the general argument checks and give what the general route (here: γ as a tensor)
+    gives."""
+    from lightning_focal import SoftmaxFocalLoss
+    from lightning_focal.losses import softmax_focal
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 12, generator=gen, dtype=dtype) * 3
+    target = torch.randint(0, 12, (9,), generator=gen)
+    gamma_tensor = torch.tensor(gamma, dtype=dtype)
+    expected, expected_grad = value_and_grad(
+        lambda z: softmax_focal_loss(z, target, gamma_tensor, reduction=reduction), x
+    )
+    module = SoftmaxFocalLoss(gamma, reduction=reduction).to(dtype)
+    calls = []
+    check_inputs = softmax_focal._check_inputs
+    monkeypatch.setattr(
+        softmax_focal, "_check_inputs", lambda *a: calls.append(a) or check_inputs(*a)
+    )
+    for fn in (lambda z: softmax_focal_loss(z, target, gamma, reduction=reduction), module):
+        out, grad = value_and_grad(lambda z, f=fn: f(z, target) if f is module else f(z), x)
+        assert_close(out, expected)
+        assert_close(grad, expected_grad)
+    assert not calls
+    # anything else takes the general route
+    softmax_focal_loss(x, target, gamma, reduction="none")
+    assert len(calls) == 1
