@@ -53,6 +53,11 @@ EAGER_CHUNK = 1 << 16
 _COMPILE_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 _state: dict[str, Any] = {"backend": None, "broken": set(), "limit_warned": set()}
+_ENV_NAME = "LIGHTNING_FOCAL_BACKEND"
+try:  # the key as os.environ stores it (bytes on POSIX)
+    _ENV_KEY = os.environ.encodekey(_ENV_NAME)  # type: ignore[attr-defined]
+except AttributeError:
+    _ENV_KEY = None
 
 
 def eager_chunk(device: torch.device, scale: int = 1) -> int:
@@ -81,7 +86,12 @@ def get_backend() -> str:
     backend = _state["backend"]
     if backend is not None:
         return backend
-    mode = os.environ.get("LIGHTNING_FOCAL_BACKEND")
+    # os.environ.get raises and catches a KeyError when the variable is unset, which cost
+    # more than the rest of the choice on a small batch; its backing dict says so first.
+    data = getattr(os.environ, "_data", None)
+    if data is not None and _ENV_KEY is not None and _ENV_KEY not in data:
+        return "auto"
+    mode = os.environ.get(_ENV_NAME)
     return "auto" if mode is None else _check(mode)
 
 
