@@ -124,12 +124,7 @@ def composite_needed(*tensors: Tensor | None) -> bool:
     """Whether a call must take the composite (autograd-differentiated) path: inside
     ``torch.compile`` or a ``torch.func`` transform, or when a tensor other than the
     logits (targets, γ, α, weights) asks for a gradient."""
-    if _tracing():
-        return True
-    for t in tensors:
-        if t is not None and t.requires_grad:
-            return True
-    return False
+    return _tracing() or any(t is not None and t.requires_grad for t in tensors)
 
 
 def scalar_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -202,7 +197,13 @@ def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
     Reading a CPU scalar costs no device sync; a CUDA γ stays a tensor (memory-bound
     there). Those γ take product forms of (1-p)^γ in the kernels.
     """
-    if policy is not None or gamma is None or gamma.dim() or not gamma.is_cpu or gamma.requires_grad:
+    if (
+        policy is not None
+        or gamma is None
+        or gamma.dim()
+        or not gamma.is_cpu
+        or gamma.requires_grad
+    ):
         return None
     value = gamma.item()
     return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None

@@ -604,8 +604,8 @@ class SoftmaxFocalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, alpha, gamma, denom, config):  # type: ignore[override]
         """``config``: (ε, policy, ignore_index, label smoothing, class-index target?,
-        reduce?, may hold ignore_index?)."""
-        eps, policy, ignore_index, smoothing, is_index, reduce, masked = config
+        reduce?)."""
+        eps, policy, ignore_index, smoothing, is_index, reduce = config
         fast = is_index and smoothing == 0.0
         gint = static_gamma(gamma, policy)
         ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint, reduce)

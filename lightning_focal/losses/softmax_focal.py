@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
-
-import math
 
 import torch
 from torch import Tensor
@@ -127,8 +126,8 @@ def _lean_call(
 
     The usual call: (N, C) CPU logits, int64 class indices (N,), a scalar γ (a checked
     float, or a module's 0-d CPU buffer; ``gint``: its :func:`static_gamma`), no α, no ε,
-    no label smoothing, ``ignore_index``
-    outside the classes, the mean or the sum, run eagerly and outside any tracing. Every
+    no label smoothing, ``ignore_index`` outside the classes, the mean or the sum, run
+    eagerly and outside any tracing. Every
     such call passes every check of the general route, which gives the same result
     (``test_the_usual_call_takes_the_lean_route``); on a small batch the checks and
     branches of that route cost as much as the arithmetic (measured at (64, 10): 18 µs of
@@ -248,7 +247,7 @@ def _softmax_focal_loss(
     is_index: bool,
     masked: bool | None,
     unbatched: bool,
-    gint: int | None | Callable[[], int | None],
+    gint: int | Callable[[], int | None] | None,
 ) -> Tensor:
     """The loss from checked arguments (γ and α already on ``x``'s device and dtype).
 
@@ -293,7 +292,7 @@ def _softmax_focal_loss(
             loss = loss.sum()
         out = loss if denom is None else loss / denom
     else:
-        config = (eps, policy, ignore_index, smoothing, is_index, reduce, masked)
+        config = (eps, policy, ignore_index, smoothing, is_index, reduce)
         out = SoftmaxFocalFunction.apply(x, t, alpha, gamma, denom, config)
     return out.squeeze(0) if unbatched and not reduce else out
 

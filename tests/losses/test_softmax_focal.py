@@ -542,9 +542,7 @@ def composite_reference(x, target, gamma, alpha, ignore_index, poly1, reduction)
     from lightning_focal.losses._softmax_kernel import softmax_focal_elementwise
 
     valid = target != ignore_index
-    loss = softmax_focal_elementwise(
-        x, target, True, 0.0, ignore_index, alpha, gamma, poly1, None
-    )
+    loss = softmax_focal_elementwise(x, target, True, 0.0, ignore_index, alpha, gamma, poly1, None)
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -582,15 +580,13 @@ def test_eager_index_path_equals_the_composite_formula(num_classes, gamma, ignor
         REDUCTIONS,
     ):
         kwargs = dict(reduction=reduction, poly1=poly1, ignore_index=ignore_index)
+        gamma_tensor = torch.as_tensor(gamma, dtype=torch.float64)
+        reference = (target, gamma_tensor, alpha, ignore_index, poly1, reduction)
         expected, expected_grad = value_and_grad(
-            lambda z: composite_reference(
-                z, target, torch.as_tensor(gamma, dtype=torch.float64), alpha, ignore_index,
-                poly1, reduction,
-            ),  # fmt: skip
-            x,
+            lambda z, args=reference: composite_reference(z, *args), x
         )
         actual, grad = value_and_grad(
-            lambda z: softmax_focal_loss(z, target, gamma, alpha, **kwargs), x
+            lambda z, a=alpha, kw=kwargs: softmax_focal_loss(z, target, gamma, a, **kw), x
         )
         assert_close(actual, expected, equal_nan=True)
         assert_close(grad, expected_grad)
@@ -612,7 +608,7 @@ def test_eager_index_path_refuses_an_index_out_of_range_with_ignored_rows_presen
     error is still the named one, also when ignored targets make the first gather fail."""
     x = torch.randn(4, 10)
     for target in (torch.tensor([0, 10, 1, 2]), torch.tensor([0, -100, 12, 2])):
-        with pytest.raises(ValueError, match="class index 1[02], out of range for 10 classes"):
+        with pytest.raises(ValueError, match=r"class index 1[02], out of range for 10 classes"):
             softmax_focal_loss(x, target)
 
 
