@@ -13,7 +13,9 @@ runs a batch of calls, enough to last about ``--sample-ms`` (2 ms; calibrated pe
 implementation after the warm-up), and the tables report the time per call.
 
 "fwd" is the forward with logits that require grad (as in a training step, so it includes
-what autograd saves); "fwd+bwd" is the forward plus ``torch.autograd.grad``. The
+what autograd saves; the softmax eager path's forward computes the gradient itself then, so
+its backward is a return: compare it on fwd+bwd); "fwd+bwd" is the forward plus
+``torch.autograd.grad``. The
 "default" row is what users get with no settings in a long run (backend "auto": eager
 below ``COMPILE_MIN_NUMEL`` elements; above it eager until a kernel has run
 ``COMPILE_AFTER_ELEMENTS`` elements in the process, compiled from then on: the rows show

@@ -53,6 +53,11 @@ EAGER_CHUNK = 1 << 16
 _COMPILE_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
 _state: dict[str, Any] = {"backend": None, "broken": set(), "limit_warned": set()}
+_ENV_NAME = "LIGHTNING_FOCAL_BACKEND"
+try:  # the key as os.environ stores it (bytes on POSIX)
+    _ENV_KEY = os.environ.encodekey(_ENV_NAME)  # type: ignore[attr-defined]
+except AttributeError:
+    _ENV_KEY = None
 
 
 def eager_chunk(device: torch.device, scale: int = 1) -> int:
@@ -81,7 +86,12 @@ def get_backend() -> str:
     backend = _state["backend"]
     if backend is not None:
         return backend
-    mode = os.environ.get("LIGHTNING_FOCAL_BACKEND")
+    # os.environ.get raises and catches a KeyError when the variable is unset, which cost
+    # more than the rest of the choice on a small batch; its backing dict says so first.
+    data = getattr(os.environ, "_data", None)
+    if data is not None and _ENV_KEY is not None and _ENV_KEY not in data:
+        return "auto"
+    mode = os.environ.get(_ENV_NAME)
     return "auto" if mode is None else _check(mode)
 
 
@@ -108,14 +118,15 @@ class Kernel:
 
     def compiles(self, numel: int) -> bool:
         """Whether a call on ``numel`` elements goes to the compiled kernel now."""
-        if self.name in _state["broken"] or torch.compiler.is_compiling():
-            return False
         mode = get_backend()
-        if mode != "auto":
-            return mode == "compile"
-        return numel >= COMPILE_MIN_NUMEL and (
-            self._compiled is not None or self.eager_elements >= COMPILE_AFTER_ELEMENTS
-        )
+        if mode == "auto":
+            if numel < COMPILE_MIN_NUMEL or (
+                self._compiled is None and self.eager_elements < COMPILE_AFTER_ELEMENTS
+            ):
+                return False
+        elif mode != "compile":
+            return False
+        return self.name not in _state["broken"] and not torch.compiler.is_compiling()
 
     def note_eager(self, numel: int) -> None:
         """Count an eager run of this kernel's work done outside :meth:`__call__`."""

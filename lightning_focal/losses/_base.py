@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._common import as_class_tensor, check_gamma_values, check_reduction, gamma_value, int_value
+from ._common import (
+    as_class_tensor,
+    check_gamma_values,
+    check_reduction,
+    gamma_value,
+    int_value,
+    static_gamma,
+)
 from .gamma_policy import SampleDependentGamma
 
 __all__ = ["AlphaArg", "FocalLossBase", "GammaArg"]
@@ -159,6 +166,20 @@ class FocalLossBase(nn.Module, abc.ABC):
             current.copy_(value)
         else:
             self._buffers[name] = value.to(device=self._device(), dtype=self._dtype()).clone()
+
+    def _static_gamma(self) -> int | None:
+        """:func:`static_gamma` of the γ buffer, read again only after it changed (its
+        version counter moves with every in-place write; the cache holds the buffer, so
+        no other tensor can take its place): a read costs ~1 µs on the CPU every call."""
+        gamma = self._buffers.get("gamma")
+        if gamma is None or self.gamma_policy is not None:
+            return None
+        cached = self.__dict__.get("_gint_cache")
+        if cached is not None and cached[0] is gamma and cached[1] == gamma._version:
+            return cached[2]
+        gint = static_gamma(gamma, None)
+        self.__dict__["_gint_cache"] = (gamma, gamma._version, gint)
+        return gint
 
     # ---- diagnostics ---------------------------------------------------------------------
 

@@ -200,12 +200,12 @@ def static_gamma(gamma: Tensor | None, policy: Policy) -> int | None:
     if (
         policy is not None
         or gamma is None
-        or gamma.dim() != 0
-        or gamma.device.type != "cpu"
+        or gamma.dim()
+        or not gamma.is_cpu
         or gamma.requires_grad
     ):
         return None
-    value = float(gamma)
+    value = gamma.item()
     return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None
 
 
@@ -239,6 +239,8 @@ def gamma_arg(
     gamma: Any, num_classes: int, device: torch.device, dtype: torch.dtype, where: str
 ) -> tuple[Tensor | None, Policy]:
     """(γ tensor, None) or (None, policy tuple) from any γ a loss function accepts."""
+    if type(gamma) is float and 0.0 <= gamma < math.inf:  # the usual call, checked
+        return cached_scalar(gamma, dtype, device), None
     as_tuple = getattr(gamma, "as_tuple", None)  # a SampleDependentGamma
     if as_tuple is not None:
         return None, as_tuple()

@@ -29,7 +29,15 @@ import torch
 from torch import Tensor
 
 from ._backend import Kernel, eager_chunk, exp_nonpos, use_fast_math
-from ._common import Policy, compute_dtype, differentiable_grad, policy_gamma, static_gamma
+from ._common import (
+    Policy,
+    cached_scalar,
+    check_class_indices,
+    compute_dtype,
+    differentiable_grad,
+    policy_gamma,
+    static_gamma,
+)
 
 
 def _class_view(v: Tensor, ndim: int) -> Tensor:
@@ -335,41 +343,64 @@ def _eager_grad(x, target, shift, log_sum, scale, run) -> Tensor:
 
 
 # ---- small inputs: a few ATen calls each way --------------------------------------------
-# Below one eager chunk the cost is host time per op (~2-5 µs), not memory traffic: the
+# Below one eager chunk the cost is host time per op (~3-5 µs), not memory traffic: the
 # forward is log_softmax and a gather, the rest works on one value per sample, and the
-# backward is one exp of the saved log-probabilities and a scatter.
+# backward is one exp of the saved log-probabilities, a scatter and a multiply.
 
 
-def _small_forward(x, target, alpha, gamma, eps: float, policy: Policy, ignore_index, masked, gint):
-    """(per-sample loss shaped (N, 1, d...), state for :func:`_small_backward`)."""
+_CPU_ZEROS = {dtype: torch.zeros((), dtype=dtype) for dtype in (torch.float32, torch.float64)}
+
+
+def _zero(like: Tensor) -> Tensor:
+    """A 0-d zero: ``addcmul(zero, a, b, value=c)`` is c·a·b in one ATen call."""
+    if like.is_cpu:
+        return _CPU_ZEROS[like.dtype]
+    return cached_scalar(0.0, like.dtype, like.device)
+
+
+def _integer_power(e: Tensor, k: int) -> Tensor | None:
+    """``e**k`` as products (``None`` for k = 0)."""
+    if k <= 0:
+        return None
+    out = e
+    for _ in range(k - 1):
+        out = out * e
+    return out
+
+
+def _small_log_probs(x: Tensor, target: Tensor) -> tuple[Tensor, int, Tensor]:
+    """(log-softmax, its class dim, the target shaped to gather along it).
+
+    A 2-D CPU input with 3-15 classes is transposed to ``(C, N)`` first: ATen's CPU
+    log_softmax over a last dim shorter than its vector width runs a slow path (measured
+    at 64 rows: 13-18 µs for 8-15 classes, 5 µs for 16), over dim 0 of the contiguous
+    ``(C, N)`` copy 2-4 µs, the copy 3 µs; the per-sample values then lie along one row,
+    so the backward's broadcast multiply runs along contiguous memory too.
+    """
     xf = x if x.dtype in _FLOATS else x.float()
-    c = x.shape[1]
-    if x.dim() == 2 and 2 < c < 16 and c != 8 and x.device.type == "cpu":
-        # ATen's CPU log_softmax over a short last dim that is not a multiple of its vector
-        # width runs ~3-6x slower than over the first dim of the transposed view
-        logp_all = torch.log_softmax(xf.t(), 0).t()
-    else:
-        logp_all = torch.log_softmax(xf, 1)
-    tgt = target.unsqueeze(1)
+    if x.dim() == 2 and 2 < x.shape[1] < 16 and x.is_cpu:
+        return torch.log_softmax(torch.t_copy(xf), 0), 0, target.unsqueeze(0)
+    return torch.log_softmax(xf, 1), 1, target.unsqueeze(1)
+
+
+def _small_general_forward(logp_all, d, tgt, logp, alpha, gamma, eps, policy, ignore_index,
+                           masked, gint, reduction):  # fmt: skip
+    """(loss, state for :func:`_small_general_backward`) with α, ignored targets, ε, any γ."""
     valid = None
     if masked:
         valid = tgt != ignore_index
         tgt = torch.where(valid, tgt, 0)
-    logp = logp_all.gather(1, tgt)
+        valid = valid.to(logp_all.dtype)
+        logp = logp_all.gather(d, tgt).mul_(valid)
+    e = torch.expm1(logp)  # p - 1, exact as p -> 1
+    omp = e.neg()  # 1 - p
     a = None if alpha is None else alpha[tgt]
     if valid is not None:
-        valid = valid.to(logp.dtype)
-        logp = logp * valid
         a = valid if a is None else a * valid
-    omp = torch.expm1(logp).neg_()  # 1 - p, exact as p -> 1
     if gint is not None:
         g = float(gint)
-        prev = None  # (1-p)^(γ-1), None for γ <= 1
-        if gint >= 2:
-            prev = omp
-            for _ in range(gint - 2):
-                prev = prev * omp
-        m = 1.0 if gint == 0 else (omp if prev is None else prev * omp)
+        prev = _integer_power(omp, gint - 1)  # (1-p)^(γ-1), None for γ <= 1
+        m = None if gint == 0 else (omp if prev is None else prev * omp)
     else:
         if policy is not None:
             g = policy_gamma(logp.exp(), policy)
@@ -378,37 +409,56 @@ def _small_forward(x, target, alpha, gamma, eps: float, policy: Policy, ignore_i
         prev = omp.clamp_min(torch.finfo(omp.dtype).tiny)
         m = torch.exp(torch.log(prev).mul_(g))
         prev = (g * m).div_(prev)  # γ(1-p)^(γ-1), finite for every γ >= 0
-    return m, (logp_all, tgt, logp, omp, m, g, prev, a, valid)
+    loss = logp.neg() if m is None else (logp * m).neg_()
+    if a is not None:
+        loss = loss.mul_(a)
+    if eps != 0.0:
+        poly = omp if m is None else omp * m
+        loss = loss.add_(poly if valid is None else poly.mul_(valid), alpha=eps)
+    denom = None
+    if reduction == "mean":
+        denom = a.sum() if a is not None else float(logp.numel())
+    out = loss.sum() if reduction != "none" else loss.squeeze(d)
+    if denom is not None:
+        out = out / denom
+    return out, (logp_all, d, tgt, logp, e, denom, omp, m, g, prev, a, valid)
 
 
-def _small_loss(m, state, eps: float) -> Tensor:
-    """The per-sample loss -a·m·log p + ε·m·(1-p), shaped (N, 1, d...)."""
-    _, _, logp, omp, _, _, _, a, _ = state
-    loss = (logp * m).neg_() if a is None else (logp * m).mul_(a).neg_()
-    return loss if eps == 0.0 else loss.add_(omp * m, alpha=eps)
-
-
-def _small_backward(state, eps: float, gint, scale) -> Tensor:
-    """s·(softmax(x) - onehot(y)) with s = -scale·∂L/∂log p_y."""
-    logp_all, tgt, logp, omp, m, g, prev, a, valid = state
+def _small_general_backward(state, eps: float, gint, grad_out: Tensor) -> Tensor:
+    """grad_out·s·(softmax(x) - onehot(y)), s = -∂loss/∂log p_y, for the general forward."""
+    logp_all, d, tgt, logp, e, denom, omp, m, g, prev, a, valid = state
+    factor, g_out = 1.0, None
+    if grad_out.dim() == 0 and grad_out.is_cpu:
+        factor = float(grad_out)  # the usual scalar loss: a Python float
+    else:
+        g_out = grad_out if grad_out.dim() == 0 else grad_out.unsqueeze(d)
+    if isinstance(denom, Tensor):  # all ignored: the loss is 0/0 = NaN, its gradient 0
+        if denom.is_cpu:
+            factor = 0.0 if float(denom) == 0 else factor / float(denom)
+        else:
+            g_out = torch.where(denom == 0, 0.0, (1.0 if g_out is None else g_out) / denom)
+    elif denom is not None:
+        factor = factor / denom if denom else 0.0
     p = logp.exp()
     # -∂L/∂log p_y = a·(m - m'·p·log p) + ε·p·(m'·(1-p) + m), m' = d(1-p)^γ/d(1-p)
     if gint is None:
-        u = torch.addcmul(m, prev * p, logp, value=-1.0)  # prev holds m'
+        s = torch.addcmul(m, prev * p, logp, value=-1.0)  # prev holds m'
     elif gint == 0:
-        u = torch.ones_like(logp)
+        s = torch.ones_like(logp)
     else:  # m - γ(1-p)^(γ-1)·p·log p = (1-p)^(γ-1)·((1-p) - γ·p·log p)
-        u = torch.addcmul(omp, p, logp, value=-g)
+        s = torch.addcmul(omp, p, logp, value=-g)
         if prev is not None:
-            u = u.mul_(prev)
+            s = s.mul_(prev)
     if a is not None:
-        u = u.mul_(a)
+        s = s.mul_(a)
     if eps != 0.0:
-        poly = p.mul_((g + 1.0) * m)
-        u = u.add_(poly if valid is None else poly.mul_(valid), alpha=eps)
-    if not (isinstance(scale, float) and scale == 1.0):
-        u = u.mul_(scale)
-    return logp_all.exp().mul_(u).scatter_add_(1, tgt, u.neg_())
+        poly = p * (g + 1.0) if m is None else p.mul_((g + 1.0) * m)
+        s = s.add_(poly if valid is None else poly.mul_(valid), alpha=eps)
+    if factor != 1.0:
+        s = s.mul_(factor)
+    # p_y - 1 = e at the target (exact as p -> 1), p elsewhere; times s
+    grad = torch.exp(logp_all).scatter_(d, tgt, e).mul_(s)
+    return grad if g_out is None else grad.mul_(g_out)
 
 
 _FLOATS = (torch.float32, torch.float64)
@@ -418,51 +468,154 @@ def _tensor_or_none(v):
     return v if isinstance(v, Tensor) else None
 
 
+class SmallSoftmaxFocalFunction(torch.autograd.Function):
+    """Class-index targets without label smoothing, eagerly: keeps the log-probabilities,
+    as ``cross_entropy`` does, and works on one value per sample besides them. Under
+    ``create_graph=True`` the backward differentiates the composite loss, so
+    second-order gradients are exact.
+
+    The usual call (no α, nothing ignored, no ε, γ a small integer: the mean or sum of
+    -(1-p)^γ log p) takes a lean form, written out here, where each ATen call and each line
+    of Python counts: log_softmax, a gather and four ops on one value per sample for the
+    loss; three on one value per sample, an exp, a scatter and a multiply for the gradient,
+    which the forward computes when the input requires grad (see :func:`_lean_gradient`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, alpha, gamma, config):  # type: ignore[override]
+        """``config``: (ε, policy, ignore_index, reduction, may hold ignore_index? (None:
+        not read yet), γ as a small int or None)."""
+        eps, policy, ignore_index, reduction, masked, gint = config
+        ctx.config = config
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(x, target, alpha, gamma)
+        logp_all, d, tgt = _small_log_probs(x, target)
+        if not masked:
+            # masked None: the target was not read; the gather checks its range, and a batch
+            # holding ignore_index (outside the classes) takes the masked form after it fails
+            try:
+                logp = logp_all.gather(d, tgt)
+            except RuntimeError:
+                if masked is not None or not check_class_indices(target, x.shape[1], ignore_index):
+                    raise  # not an index out of range
+                masked = True
+        if masked or alpha is not None or eps != 0.0 or gint is None or reduction == "none":
+            out, ctx.state = _small_general_forward(
+                logp_all, d, tgt, None if masked else logp, alpha, gamma, eps, policy,
+                ignore_index, masked, gint, reduction,
+            )  # fmt: skip
+            ctx.lean = False
+            return out
+        # -c Σ (1-p)^γ log p with c = 1/N for the mean; e = p - 1 (exact as p -> 1), so
+        # (1-p)^γ = (-e)^γ and the sign goes into c
+        scale = 1.0 / logp.numel() if reduction == "mean" else 1.0
+        needs_grad = ctx.needs_input_grad[0]
+        out, s, e = _lean_terms(logp, gint, scale, needs_grad)
+        ctx.lean = True
+        ctx.state = None
+        if needs_grad:
+            # The gradient for an upstream gradient of 1 (a loss's backward()), computed
+            # here: the backward is then a return (or one multiply), where each ATen call
+            # and line of Python costs what the arithmetic on a small batch costs. It takes
+            # the place of the log-probabilities that cross_entropy keeps. p_y - 1 = e at
+            # the target (exact as p -> 1), p elsewhere; times s.
+            grad = torch.exp(logp_all).scatter_(d, tgt, e).mul_(s)
+            if grad.dtype != x.dtype:
+                grad = grad.to(x.dtype)
+            ctx.state = grad.mT if d == 0 else grad
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            return _small_double_differentiable(ctx, grad_out), None, None, None, None
+        if ctx.lean:
+            grad = ctx.state
+            if not grad_out.is_cpu:
+                grad = grad * grad_out
+            elif float(grad_out) != 1.0:
+                grad = grad * float(grad_out)
+            return grad, None, None, None, None
+        eps, _, _, _, _, gint = ctx.config
+        grad = _small_general_backward(ctx.state, eps, gint, grad_out)
+        if grad.dtype != ctx.x_dtype:
+            grad = grad.to(ctx.x_dtype)
+        return (grad.mT if ctx.state[1] == 0 else grad), None, None, None, None
+
+
+def _lean_terms(logp: Tensor, gint: int, c: float, needs_grad: bool) -> tuple:
+    """(loss, s, e) of the lean form: the loss -c Σ (1-p)^γ log p, and per sample
+    s = -c·∂l/∂log p = c·(1-p)^(γ-1)·((1-p) - γ·p·log p) (None unless ``needs_grad``).
+
+    With e = p - 1 = expm1(log p) (exact as p -> 1), (1-p)^γ = (-e)^γ. For γ = 2, with
+    v = 2c·e·log p: the loss is -½ Σ e·v and s = c·(e² + 2p·e·log p) = v + c·e·(e + v/c),
+    five ATen calls on one value per sample for both.
+    """
+    e = torch.expm1(logp)
+    zero = _zero(e)
+    s = None
+    if gint == 2:  # the default γ, spelt out
+        v = torch.addcmul(zero, e, logp, value=2.0 * c)
+        out = torch.addcmul(zero, e, v, value=-0.5).sum()
+        if needs_grad:
+            s = torch.addcmul(v, e, torch.add(e, v, alpha=1.0 / c), value=c)
+        return out, s, e
+    if gint == 0:
+        return logp.sum() * -c, c, e
+    sign = 1.0 if gint % 2 == 0 else -1.0
+    out = torch.addcmul(zero, _integer_power(e, gint), logp, value=-sign * c).sum()
+    if needs_grad:  # (-1)^γ c·e^(γ-1)·(e + γ·p·log p)
+        inner = torch.addcmul(e, logp.exp(), logp, value=gint)
+        if gint == 1:
+            s = inner * -c
+        else:
+            s = torch.addcmul(zero, inner, _integer_power(e, gint - 1), value=sign * c)
+    return out, s, e
+
+
+def _small_double_differentiable(ctx, grad_out: Tensor) -> Tensor:
+    """The backward of :class:`SmallSoftmaxFocalFunction` under ``create_graph=True``: the
+    gradient of the composite loss, itself differentiable."""
+    eps, policy, ignore_index, reduction, _, _ = ctx.config
+    x, target, alpha, gamma = ctx.saved_tensors
+    denom = None
+    if reduction == "mean":
+        denom = float(target.numel()) if ctx.lean else ctx.state[5]
+        if isinstance(denom, Tensor):
+            denom = torch.where(denom == 0, 1.0, denom)  # all ignored: gradient 0
+
+    def loss_fn(xv):
+        loss = softmax_focal_elementwise(
+            xv, target, True, 0.0, ignore_index, alpha, gamma, eps, policy
+        )
+        if reduction == "none":
+            return loss
+        return loss.sum() if denom is None else loss.sum() / denom
+
+    return differentiable_grad(loss_fn, x, grad_out)
+
+
 class SoftmaxFocalFunction(torch.autograd.Function):
-    """Compiled, saves the inputs and the per-sample max and log-sum (no full-size
-    intermediates); eagerly (class-index targets) it keeps the log-probabilities, as
-    ``cross_entropy`` does. Under ``create_graph=True`` the backward differentiates the
-    composite loss, so second-order gradients are exact."""
+    """Compiled (class-index targets) or any targets with label smoothing: saves the
+    inputs and the per-sample max and log-sum (no full-size intermediates). Under
+    ``create_graph=True`` the backward differentiates the composite loss, so second-order
+    gradients are exact."""
 
     @staticmethod
     def forward(ctx, x, target, alpha, gamma, denom, config):  # type: ignore[override]
         """``config``: (ε, policy, ignore_index, label smoothing, class-index target?,
-        reduce?, may hold ignore_index?)."""
-        eps, policy, ignore_index, smoothing, is_index, reduce, masked = config
+        reduce?)."""
+        eps, policy, ignore_index, smoothing, is_index, reduce = config
         fast = is_index and smoothing == 0.0
         gint = static_gamma(gamma, policy)
         ctx.args = (eps, policy, ignore_index, smoothing, is_index, fast, gint, reduce)
         ctx.denom = denom
-        ctx.small = None
         numel = x.numel()
-        if fast and not fast_loss_kernel.compiles(numel):
-            fast_loss_kernel.note_eager(numel)
-            m, state = _small_forward(
-                x, target, alpha, gamma, eps, policy, ignore_index, masked, gint
-            )
-            if reduce and state[7] is None and eps == 0.0 and isinstance(m, Tensor):
-                # the mean over every sample (nothing ignored, no α) is torch.mean: no
-                # Python-scalar op, which costs a tensor wrap on these tiny tensors
-                out = state[2] * m
-                if denom is None:
-                    out = out.sum().neg_()
-                elif isinstance(denom, float) and denom == out.numel():
-                    out = out.mean().neg_()
-                else:
-                    out = out.sum().neg_() / denom
-            else:
-                out = _small_loss(m, state, eps)
-                out = out.sum() if reduce else out.squeeze(1)
-                if denom is not None:
-                    out = out / denom
-            ctx.small = state
-            ctx.save_for_backward(x, target, alpha, gamma, None, None, _tensor_or_none(denom))
-            return out
         if denom is not None and not isinstance(denom, Tensor):
             denom = torch.full((), denom, dtype=compute_dtype(x.dtype), device=x.device)
         ctx.denom = denom
         original_target = target
-        if fast:  # compiled: one logsumexp pass; the backward follows compiled
+        if fast:  # compiled (eagerly, SmallSoftmaxFocalFunction): one logsumexp pass
             ctx.compiled = True
             if is_index and x.device.type == "cpu":
                 target = _float_index(target, ignore_index, x.shape[1])
@@ -512,24 +665,11 @@ class SoftmaxFocalFunction(torch.autograd.Function):
 
             return differentiable_grad(loss_fn, x, grad_out), *none
         # An all-ignored batch: the loss is 0/0 = NaN as in cross_entropy, whose gradient is 0.
-        if ctx.small is not None and grad_out.dim() == 0 and grad_out.device.type == "cpu":
-            # the usual scalar loss on the CPU: scale by a Python float, no tensor op
-            scale = float(grad_out)
-            if isinstance(denom, Tensor):
-                scale = 0.0 if float(denom) == 0 else scale / float(denom)
-            elif denom is not None:
-                scale /= denom
-            grad = _small_backward(ctx.small, eps, gint, scale)
-            return (grad if grad.dtype == x.dtype else grad.to(x.dtype)), *none
         scale = grad_out
         if isinstance(denom, Tensor):
             scale = torch.where(denom == 0, 0.0, grad_out / denom)
         elif denom is not None:
             scale = grad_out / denom
-        if ctx.small is not None:
-            if scale.dim() > 0:
-                scale = scale.unsqueeze(1)
-            return _small_backward(ctx.small, eps, gint, scale).to(x.dtype), *none
         target = ctx.kernel_target
         numel = x.numel()
         if fast:  # the forward ran compiled

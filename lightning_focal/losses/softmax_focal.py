@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,7 +13,9 @@ from torch import Tensor
 from ._base import AlphaArg, FocalLossBase, GammaArg
 from ._common import (
     Policy,
+    _tracing,
     as_class_tensor,
+    cached_scalar,
     check_class_indices,
     check_device,
     check_logits,
@@ -21,8 +25,14 @@ from ._common import (
     composite_needed,
     compute_dtype,
     gamma_arg,
+    static_gamma,
 )
-from ._softmax_kernel import SoftmaxFocalFunction, softmax_focal_elementwise
+from ._softmax_kernel import (
+    SmallSoftmaxFocalFunction,
+    SoftmaxFocalFunction,
+    fast_loss_kernel,
+    softmax_focal_elementwise,
+)
 
 __all__ = ["SoftmaxFocalLoss", "softmax_focal_loss"]
 
@@ -80,47 +90,121 @@ def softmax_focal_loss(
         >>> torch.allclose(softmax_focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
         True
     """
+    if (
+        type(gamma) is float
+        and alpha is None
+        and label_smoothing == 0.0
+        and poly1 == 0.0
+        and 0.0 <= gamma < math.inf
+        and isinstance(input, Tensor)
+    ):
+        out = _lean_call(input, target, gamma, _int_gamma(gamma), ignore_index, reduction)
+        if out is not None:
+            return out
     check_reduction(reduction)
-    if not 0.0 <= float(label_smoothing) <= 1.0:
+    smoothing = float(label_smoothing)
+    if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     x, t, unbatched, is_index, masked = _check_inputs(input, target, ignore_index)
     dtype = compute_dtype(x.dtype)
-    g, policy = gamma_arg(gamma, x.shape[1], x.device, dtype, _WHERE)
-    a = None if alpha is None else _alpha_tensor(alpha, x.shape[1], x.device, dtype)
+    num_classes = x.shape[1]
+    g, policy = gamma_arg(gamma, num_classes, x.device, dtype, _WHERE)
+    a = None if alpha is None else _alpha_tensor(alpha, num_classes, x.device, dtype)
+    # a Python γ needs no read of its tensor to find the product forms
+    gint = _int_gamma(gamma) if type(gamma) is float else lambda: static_gamma(g, policy)
     return _softmax_focal_loss(
-        x, t, g, policy, a, ignore_index, reduction, float(label_smoothing), float(poly1),
-        is_index, masked, unbatched,
+        x, t, g, policy, a, ignore_index, reduction, smoothing, float(poly1), is_index,
+        masked, unbatched, gint,
     )  # fmt: skip
+
+
+def _lean_call(
+    input: Tensor, target: Any, gamma: float | Tensor, gint: int | None, ignore_index: int,
+    reduction: str,
+) -> Tensor | None:  # fmt: skip
+    """The loss of the usual call by the shortest route, or None where it does not apply.
+
+    The usual call: (N, C) CPU logits, int64 class indices (N,), a scalar γ (a checked
+    float, or a module's 0-d CPU buffer; ``gint``: its :func:`static_gamma`), no α, no ε,
+    no label smoothing, ``ignore_index`` outside the classes, the mean or the sum, run
+    eagerly and outside any tracing. Every
+    such call passes every check of the general route, which gives the same result
+    (``test_the_usual_call_takes_the_lean_route``); on a small batch the checks and
+    branches of that route cost as much as the arithmetic (measured at (64, 10): 18 µs of
+    ~95 µs for forward and backward, against 56 µs for ``cross_entropy``).
+    """
+    shape = input.shape
+    if not (
+        len(shape) == 2
+        and isinstance(target, Tensor)
+        and target.dtype == torch.int64
+        and target.shape == shape[:1]
+        and (reduction == "mean" or reduction == "sum")
+        and input.is_floating_point()
+        and input.is_cpu
+        and target.is_cpu
+        and shape[0] > 0
+        and not 0 <= ignore_index < shape[1]
+        and not _tracing()
+    ):
+        return None
+    if fast_loss_kernel.compiles(input.numel()):
+        return None
+    fast_loss_kernel.note_eager(input.numel())
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    if not isinstance(gamma, Tensor):
+        gamma = cached_scalar(gamma, dtype, _CPU)
+    elif gamma.dtype != dtype:
+        gamma = gamma.to(dtype)
+    config = (0.0, None, ignore_index, reduction, None, gint)
+    return SmallSoftmaxFocalFunction.apply(input, target, None, gamma, config)
+
+
+_CPU = torch.device("cpu")
+
+
+def _int_gamma(value: float) -> int | None:
+    """What :func:`static_gamma` gives for a γ held as a Python float."""
+    return int(value) if value in (0.0, 1.0, 2.0, 3.0, 4.0) else None
 
 
 def _check_inputs(input: Any, target: Any, ignore_index: int) -> tuple:
     """(input with a batch dim, target likewise, unbatched, class indices?, may hold
-    ignore_index?) after checking shapes, dtypes and class indices."""
-    check_logits("input", input)
+    ignore_index? (None: not read yet)) after checking shapes, dtypes and, where reading
+    them is not left to a gather, class indices."""
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        check_logits("input", input)  # raises
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if input.dim() == 0:
+    ndim = input.dim()
+    if ndim == 0:
         raise ValueError("input must have a class dimension, got a 0-d tensor")
-    unbatched = input.dim() == 1
+    unbatched = ndim == 1
     x = input.unsqueeze(0) if unbatched else input
     t = target.unsqueeze(0) if unbatched else target
-    if target.dtype == torch.bool:
-        raise TypeError(
-            "target must hold class indices (integer) or probabilities (float), got bool"
-        )
     is_index = not target.is_floating_point()
     masked = False
+    x_shape, t_shape = x.shape, t.shape
     if is_index:
-        if t.shape[0] != x.shape[0] or t.shape[1:] != x.shape[2:]:
-            expected = (x.shape[0], *x.shape[2:])
+        if target.dtype == torch.bool:
+            raise TypeError(
+                "target must hold class indices (integer) or probabilities (float), got bool"
+            )
+        if t_shape[0] != x_shape[0] or t_shape[1:] != x_shape[2:]:
+            expected = (x_shape[0], *x_shape[2:])
             raise ValueError(
                 f"class-index target must have shape {expected} for input shape "
                 f"{tuple(input.shape)}, got {tuple(target.shape)}"
             )
         if t.dtype != torch.int64:
             t = t.long()
-        masked = check_class_indices(t, x.shape[1], ignore_index)
-    elif t.shape != x.shape:
+        if t.is_cpu and not 0 <= ignore_index < x_shape[1]:
+            # a gather checks the range at no cost: the eager path lets its own do it, the
+            # others call check_class_indices (masked None: not read yet)
+            masked = None
+        else:
+            masked = check_class_indices(t, x_shape[1], ignore_index)
+    elif t_shape != x_shape:
         raise ValueError(
             f"probability target must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(target.shape)}"
@@ -131,7 +215,7 @@ def _check_inputs(input: Any, target: Any, ignore_index: int) -> tuple:
             f"ignore_index={ignore_index} applies to class-index targets only; probability "
             "targets have no ignored entries (leave ignore_index negative, e.g. -100)"
         )
-    if t.device != x.device:
+    if not (t.is_cpu and x.is_cpu) and t.device != x.device:
         check_device("target", t, x.device)
     return x, t, unbatched, is_index, masked
 
@@ -161,10 +245,30 @@ def _softmax_focal_loss(
     smoothing: float,
     eps: float,
     is_index: bool,
-    masked: bool,
+    masked: bool | None,
     unbatched: bool,
+    gint: int | Callable[[], int | None] | None,
 ) -> Tensor:
-    """The loss from checked arguments (γ and α already on ``x``'s device and dtype)."""
+    """The loss from checked arguments (γ and α already on ``x``'s device and dtype).
+
+    ``masked`` None: the class indices were not read yet (a CPU target, ``ignore_index``
+    outside the classes); the eager path lets its gather check them, the others check here.
+    ``gint``: :func:`static_gamma` of γ, or a function that reads it (called only where
+    the eager path runs: never while tracing, where reading γ would break the graph).
+    """
+    reduce = reduction != "none"
+    composite = composite_needed(t, gamma, alpha)
+    if is_index and smoothing == 0.0 and not composite:
+        numel = x.numel()
+        if numel and not fast_loss_kernel.compiles(numel):
+            fast_loss_kernel.note_eager(numel)
+            if callable(gint):
+                gint = gint()
+            config = (eps, policy, ignore_index, reduction, masked, gint)
+            out = SmallSoftmaxFocalFunction.apply(x, t, alpha, gamma, config)
+            return out.squeeze(0) if unbatched and not reduce else out
+    if masked is None:
+        masked = check_class_indices(t, x.shape[1], ignore_index)
     denom: Tensor | float | None = None
     if reduction == "mean":
         per_sample = x.numel() // max(x.shape[1], 1)
@@ -180,8 +284,7 @@ def _softmax_focal_loss(
             denom = float(per_sample)
         if isinstance(denom, float) and denom == 0.0:  # empty input: 0/0 = NaN, as torch
             denom = torch.zeros((), dtype=compute_dtype(x.dtype), device=x.device)
-    reduce = reduction != "none"
-    if composite_needed(t, gamma, alpha):
+    if composite:
         loss = softmax_focal_elementwise(
             x, t, is_index, smoothing, ignore_index, alpha, gamma, eps, policy
         )
@@ -189,7 +292,7 @@ def _softmax_focal_loss(
             loss = loss.sum()
         out = loss if denom is None else loss / denom
     else:
-        config = (eps, policy, ignore_index, smoothing, is_index, reduce, masked)
+        config = (eps, policy, ignore_index, smoothing, is_index, reduce)
         out = SoftmaxFocalFunction.apply(x, t, alpha, gamma, denom, config)
     return out.squeeze(0) if unbatched and not reduce else out
 
@@ -250,21 +353,41 @@ class SoftmaxFocalLoss(FocalLossBase):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """The loss of ``input`` logits (classes on dim 1) against ``target``."""
+        buffers = self._buffers
+        gamma, alpha = buffers["gamma"], buffers["alpha"]
+        if (
+            alpha is None
+            and gamma is not None
+            and not gamma.dim()
+            and gamma.is_cpu
+            and not gamma.requires_grad
+            and self.label_smoothing == 0.0
+            and self.poly1 == 0.0
+            and isinstance(input, Tensor)
+        ):
+            out = _lean_call(
+                input, target, gamma, self._static_gamma(), self.ignore_index, self.reduction
+            )
+            if out is not None:
+                return out
         x, t, unbatched, is_index, masked = _check_inputs(input, target, self.ignore_index)
-        gamma, alpha = self.gamma, self.alpha
         dtype = compute_dtype(x.dtype)
         if gamma is not None:
-            check_device("loss.gamma", gamma, x.device)
-            check_per_class_length("gamma", gamma, x.shape[1], _WHERE)
-            gamma = gamma.to(dtype)
+            if gamma.dim() or not gamma.is_cpu:  # a 0-d CPU γ suits any device and length
+                check_device("loss.gamma", gamma, x.device)
+                check_per_class_length("gamma", gamma, x.shape[1], _WHERE)
+            if gamma.dtype != dtype:
+                gamma = gamma.to(dtype)
         if alpha is not None:
             check_device("loss.alpha", alpha, x.device)
             check_per_class_length("alpha", alpha, x.shape[1], _WHERE)
-            alpha = alpha.to(dtype)
+            if alpha.dtype != dtype:
+                alpha = alpha.to(dtype)
         policy = self.gamma_policy.as_tuple() if self.gamma_policy is not None else None
         return _softmax_focal_loss(
             x, t, gamma, policy, alpha, self.ignore_index, self.reduction,
             self.label_smoothing, self.poly1, is_index, masked, unbatched,
+            self._static_gamma,
         )  # fmt: skip
 
     def encode_target(self, indices: Tensor, num_classes: int) -> Tensor:

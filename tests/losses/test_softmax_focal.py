@@ -532,3 +532,114 @@ def test_non_float_logits_raise(dtype):
     x = torch.ones(3, NUM_CLASSES, dtype=dtype)
     with pytest.raises(TypeError, match=f"floating point logits, got dtype {dtype}"):
         softmax_focal_loss(x, torch.tensor([0, 1, 2]))
+
+
+# ---- the eager path for class-index targets ------------------------------------------
+
+
+def composite_reference(x, target, gamma, alpha, ignore_index, poly1, reduction):
+    """The same loss through autograd's own differentiation of the elementwise formula."""
+    from lightning_focal.losses._softmax_kernel import softmax_focal_elementwise
+
+    valid = target != ignore_index
+    loss = softmax_focal_elementwise(x, target, True, 0.0, ignore_index, alpha, gamma, poly1, None)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    safe = torch.where(valid, target, 0)
+    weights = alpha[safe] if alpha is not None else torch.ones_like(loss)
+    denom = (weights * valid).sum()
+    # all ignored: the value is 0/0 = NaN and the gradient 0, as in cross_entropy
+    return loss.sum() / torch.where(denom == 0, 1.0, denom) + (denom / denom).detach() - 1
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 8, 15, 16])
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 3.0, 4.0, 0.5, "per_class"])
+@pytest.mark.parametrize("ignore", ["absent", "outside", "inside", "all"])
+def test_eager_index_path_equals_the_composite_formula(num_classes, gamma, ignore):
+    """The eager path (log_softmax on the transposed copy for 3-15 classes, the gather's
+    own range check instead of reading the target, the product forms of integer γ) gives
+    the value and the gradient of the differentiated formula, for every α, ε, reduction
+    and upstream gradient, whatever ``ignore_index`` holds."""
+    gen = torch.Generator().manual_seed(num_classes)
+    x = torch.randn(7, num_classes, generator=gen, dtype=torch.float64) * 3
+    target = torch.randint(0, num_classes, (7,), generator=gen)
+    ignore_index = {"absent": -100, "outside": -100, "inside": 1, "all": 1}[ignore]
+    if ignore == "outside":
+        target[::3] = -100
+    elif ignore == "inside":
+        target[::3] = 1
+    elif ignore == "all":
+        target.fill_(1)
+    if gamma == "per_class":
+        gamma = torch.linspace(0.0, 4.0, num_classes, dtype=torch.float64)
+    for alpha, poly1, reduction in itertools.product(
+        [None, torch.linspace(0.5, 2.0, num_classes, dtype=torch.float64)],
+        [0.0, 0.7],
+        REDUCTIONS,
+    ):
+        kwargs = dict(reduction=reduction, poly1=poly1, ignore_index=ignore_index)
+        gamma_tensor = torch.as_tensor(gamma, dtype=torch.float64)
+        reference = (target, gamma_tensor, alpha, ignore_index, poly1, reduction)
+        expected, expected_grad = value_and_grad(
+            lambda z, args=reference: composite_reference(z, *args), x
+        )
+        actual, grad = value_and_grad(
+            lambda z, a=alpha, kw=kwargs: softmax_focal_loss(z, target, gamma, a, **kw), x
+        )
+        assert_close(actual, expected, equal_nan=True)
+        assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_eager_index_path_returns_the_input_dtype(dtype):
+    x = torch.randn(6, 10, dtype=dtype, requires_grad=True)
+    target = torch.tensor([0, 3, -100, 9, 2, 2])
+    loss = softmax_focal_loss(x, target)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.shape == x.shape
+    expected = softmax_focal_loss(x.detach().double().requires_grad_(), target)
+    assert_close(loss.double(), expected, rtol=1e-2, atol=1e-3)
+
+
+def test_eager_index_path_refuses_an_index_out_of_range_with_ignored_rows_present():
+    """With the default ignore_index the eager path lets its gather find a bad index; the
+    error is still the named one, also when ignored targets make the first gather fail."""
+    x = torch.randn(4, 10)
+    for target in (torch.tensor([0, 10, 1, 2]), torch.tensor([0, -100, 12, 2])):
+        with pytest.raises(ValueError, match=r"class index 1[02], out of range for 10 classes"):
+            softmax_focal_loss(x, target)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 3.0, 0.5])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_usual_call_takes_the_lean_route(monkeypatch, gamma, reduction, dtype):
+    """(N, C) logits, int64 indices, a scalar γ, no α: the function and the module skip
+    the general argument checks and give what the general route (here: γ as a tensor)
+    gives."""
+    from lightning_focal import SoftmaxFocalLoss
+    from lightning_focal.losses import softmax_focal
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 12, generator=gen, dtype=dtype) * 3
+    target = torch.randint(0, 12, (9,), generator=gen)
+    gamma_tensor = torch.tensor(gamma, dtype=dtype)
+    expected, expected_grad = value_and_grad(
+        lambda z: softmax_focal_loss(z, target, gamma_tensor, reduction=reduction), x
+    )
+    module = SoftmaxFocalLoss(gamma, reduction=reduction).to(dtype)
+    calls = []
+    check_inputs = softmax_focal._check_inputs
+    monkeypatch.setattr(
+        softmax_focal, "_check_inputs", lambda *a: calls.append(a) or check_inputs(*a)
+    )
+    for fn in (lambda z: softmax_focal_loss(z, target, gamma, reduction=reduction), module):
+        out, grad = value_and_grad(lambda z, f=fn: f(z, target) if f is module else f(z), x)
+        assert_close(out, expected)
+        assert_close(grad, expected_grad)
+    assert not calls
+    # anything else takes the general route
+    softmax_focal_loss(x, target, gamma, reduction="none")
+    assert len(calls) == 1
