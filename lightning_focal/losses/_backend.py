@@ -1,4 +1,4 @@
-"""Choose how the fused loss kernels run: eagerly or compiled by ``torch.compile``.
+"""Choose how the fused loss kernels run: eagerly or compiled (AOTInductor or ``torch.compile``).
 
 The kernels are plain PyTorch functions. Compiling them with inductor fuses their
 elementwise work and reductions into one pass over memory on CPU and CUDA; running them
@@ -16,6 +16,12 @@ for good. The first compile is for the static shape it sees (measured: a kernel 
 with dynamic batch dims runs 18-35% slower at 1e6 elements); a second shape (an epoch's
 last batch) recompiles once, for dynamic shapes, as ``torch.compile`` does by default.
 
+A compiled kernel is first an AOTInductor package from the on-disk cache of
+:mod:`._aot` (built there on a miss): a process that finds it warm loads it in
+milliseconds without importing ``torch._dynamo``. Where export or the AOT compile fails,
+the kernel goes to ``torch.compile`` instead, with one warning (``LIGHTNING_FOCAL_AOT=0``
+goes there directly).
+
 Inside a compiled CPU float32 kernel, :func:`exp_nonpos` and :func:`log1p_unit` replace
 ``torch.exp`` and ``torch.log1p``: inductor calls SLEEF for those, an out-of-line call per
 vector that costs more than the rest of the loss together, while these polynomial forms
@@ -32,6 +38,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import _aot
 
 __all__ = [
     "BACKENDS",
@@ -52,7 +60,12 @@ EAGER_CHUNK = 1 << 16
 # by float32 rounding only) in the CPU kernels.
 _COMPILE_OPTIONS = {"cpp.enable_floating_point_contract_flag": "fast"}
 
-_state: dict[str, Any] = {"backend": None, "broken": set(), "limit_warned": set()}
+_state: dict[str, Any] = {
+    "backend": None,
+    "broken": set(),
+    "aot_broken": set(),
+    "limit_warned": set(),
+}
 _ENV_NAME = "LIGHTNING_FOCAL_BACKEND"
 try:  # the key as os.environ stores it (bytes on POSIX)
     _ENV_KEY = os.environ.encodekey(_ENV_NAME)  # type: ignore[attr-defined]
@@ -108,12 +121,14 @@ def set_backend(mode: str | None) -> None:
 
 
 class Kernel:
-    """A pure tensor function that runs eagerly or through a lazily built ``torch.compile``."""
+    """A pure tensor function that runs eagerly, or compiled: through an AOTInductor
+    package (:mod:`._aot`), else a lazily built ``torch.compile``."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.name = fn.__name__
         self._compiled: Callable[..., Any] | None = None
+        self._aot = _aot.AotKernel(fn, self.name, _COMPILE_OPTIONS)
         self.eager_elements = 0  # elements run eagerly at compilable sizes, for "auto"
 
     def compiles(self, numel: int) -> bool:
@@ -150,6 +165,12 @@ class Kernel:
                 self.note_eager(numel)
         if not compiled or self.name in _state["broken"] or torch.compiler.is_compiling():
             return run_eager()
+        if _aot.enabled() and self.name not in _state["aot_broken"]:
+            try:
+                return self._aot(args)
+            except Exception as err:  # export or AOT compile failed: torch.compile instead
+                _state["aot_broken"].add(self.name)
+                _aot.warn_once(self.name, err)
         if self._compiled is None:
             self._compiled = torch.compile(
                 self.fn, dynamic=None, fullgraph=True, options=_COMPILE_OPTIONS

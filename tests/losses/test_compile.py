@@ -22,6 +22,7 @@ from lightning_focal import (
     softmax_focal_loss,
 )
 from lightning_focal.losses import (
+    _aot,
     _backend,
     _sigmoid_kernel,
     _softmax_kernel,
@@ -30,6 +31,16 @@ from lightning_focal.losses import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def torch_compile_route():
+    """These tests check the ``torch.compile`` route; AOTInductor packages have their own
+    (tests/losses/test_backend.py)."""
+    _aot.configure(enabled=False)
+    yield
+    _aot.configure()
+
 
 ALPHA = torch.tensor([0.5, 1.0, 2.0, 0.25, 1.5])
 GAMMA = torch.tensor([0.0, 0.5, 1.0, 2.5, 4.0])
