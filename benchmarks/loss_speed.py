@@ -584,8 +584,10 @@ def seconds(x, t):
 first, second = inputs(tuple(spec["first"])), inputs(tuple(spec["second"]))
 out = {"import_torch": torch_done - start, "import_lf": lf_done - torch_done}
 out["first"] = seconds(*first)
+out["dynamo"] = "torch._dynamo" in sys.modules
 out["steady"] = statistics.median(seconds(*first) for _ in range(10))
 out["second"] = seconds(*second)
+out["steady_second"] = statistics.median(seconds(*second) for _ in range(10))
 out["steady_after"] = statistics.median(seconds(*first) for _ in range(10))
 print(json.dumps(out))
 """
@@ -612,12 +614,18 @@ def launch_env() -> dict[str, str]:
     return {key: value for key, value in (p for p in pairs if len(p) == 2)}
 
 
-def startup_child(spec: dict, cache_dir: str) -> dict[str, float]:
+# the two compiled routes: AOTInductor packages (default), torch.compile alone
+STARTUP_ROUTES = (("AOTInductor", "1"), ("torch.compile", "0"))
+
+
+def startup_child(spec: dict, cache_dir: str, aot: str) -> dict[str, float]:
     env = {
         **launch_env(),
         "LIGHTNING_FOCAL_BACKEND": "compile",
+        "LIGHTNING_FOCAL_AOT": aot,
         "TORCHINDUCTOR_CACHE_DIR": cache_dir,
     }
+    env.pop("LIGHTNING_FOCAL_AOT_DIR", None)  # packages go to the fresh cache dir
     proc = subprocess.run(
         [sys.executable, "-c", STARTUP_CHILD, json.dumps(spec)],
         env=env,
@@ -634,11 +642,14 @@ def startup(device: torch.device, threads: int, markdown: bool) -> str:
     """First compiled calls in fresh processes, with a cold and then a warm inductor cache."""
     head = [
         "loss (first shape → second shape)",
+        "route",
         "first call, cold cache s",
         "first call, warm cache s",
         "second shape, cold / warm s",
         "steady call ms",
         "steady call after the second shape ms",
+        "steady call at the second shape ms",
+        "warm first call imports dynamo",
     ]
     rows, imports = [], []
     for loss, first, second in STARTUP_CASES:
@@ -649,20 +660,24 @@ def startup(device: torch.device, threads: int, markdown: bool) -> str:
             "device": str(device),
             "threads": threads,
         }
-        with tempfile.TemporaryDirectory(prefix="lf_inductor_") as cache_dir:
-            cold = startup_child(spec, cache_dir)
-            warm = startup_child(spec, cache_dir)
-        imports += [cold, warm]
-        rows.append(
-            [
-                f"{loss} {first} → {second}",
-                f"{cold['first']:.2f}",
-                f"{warm['first']:.2f}",
-                f"{cold['second']:.2f} / {warm['second']:.2f}",
-                f"{cold['steady'] * 1e3:.2f}",
-                f"{cold['steady_after'] * 1e3:.2f}",
-            ]
-        )
+        for route, aot in STARTUP_ROUTES:
+            with tempfile.TemporaryDirectory(prefix="lf_inductor_") as cache_dir:
+                cold = startup_child(spec, cache_dir, aot)
+                warm = startup_child(spec, cache_dir, aot)
+            imports += [cold, warm]
+            rows.append(
+                [
+                    f"{loss} {first} → {second}",
+                    route,
+                    f"{cold['first']:.2f}",
+                    f"{warm['first']:.2f}",
+                    f"{cold['second']:.2f} / {warm['second']:.2f}",
+                    f"{cold['steady'] * 1e3:.2f}",
+                    f"{cold['steady_after'] * 1e3:.2f}",
+                    f"{cold['steady_second'] * 1e3:.2f}",
+                    "yes" if warm["dynamo"] else "no",
+                ]
+            )
     import_torch = statistics.median(r["import_torch"] for r in imports)
     import_lf = statistics.median(r["import_lf"] for r in imports)
     title = "compile start-up: fresh processes, wall time, LIGHTNING_FOCAL_BACKEND=compile"
@@ -673,7 +688,11 @@ def startup(device: torch.device, threads: int, markdown: bool) -> str:
         "Cold: a fresh empty TORCHINDUCTOR_CACHE_DIR; warm: a second process with the same "
         "directory. First call and second shape: one forward+backward each (the second "
         "shape recompiles). Steady: median of 10 calls at the first shape, before and after "
-        "the second shape (the cold process; the compile is then for dynamic shapes).",
+        "the second shape (the cold process; the compile is then for dynamic shapes). "
+        "AOTInductor: kernels exported and compiled into .pt2 packages under the cache "
+        "dir, loaded by the C++ loader (LIGHTNING_FOCAL_AOT=1, the default; the first "
+        "shape keeps its static package, the second gets a dynamic one); torch.compile: "
+        "LIGHTNING_FOCAL_AOT=0.",
         f"Import (median of {len(imports)} fresh processes): torch {import_torch:.2f} s, "
         f"then lightning_focal {import_lf:.3f} s.",
         "",

@@ -12,9 +12,11 @@ A package is keyed by everything baked into it: the kernel and its source files,
 Python arguments (ε, ignore_index, reduce, the integer γ, which arguments are ``None``),
 each tensor's dtype, dims and device type, the CPU capability or GPU architecture, the torch
 version and the compile options. A kernel's first shape is compiled for that static shape
-(measured: dynamic batch dims are slower, see ``benchmarks/results``); a second batch size
-in the same process compiles once for a dynamic batch dim, as ``torch.compile`` does. A
-warm process looks for the static package of its shape first, then the dynamic one.
+(``torch.compile``'s kernels with dynamic batch dims ran 18-35% slower for sigmoid at 1e6;
+the dynamic softmax packages measured as fast as static ones,
+``benchmarks/results/loss_speed_startup.md``); a second batch size in the same process
+compiles once for a dynamic batch dim, as ``torch.compile`` does. A warm process looks for
+the static package of its shape first, then the dynamic one.
 Packages are written to a temporary file and renamed, so ranks that compile the same
 kernel at once never see a partial file; a file that fails to load is rebuilt.
 """

@@ -8,8 +8,9 @@ chunks (:func:`eager_chunk`) so that their temporaries stay small.
 ``"auto"`` (the default) compiles a kernel only where the compile pays for itself within
 the run: for inputs of at least :data:`COMPILE_MIN_NUMEL` elements, once that kernel has
 processed :data:`COMPILE_AFTER_ELEMENTS` elements eagerly in this process (about 5 s of
-eager work on one CPU core; a compile costs ~3-5 s with a warm inductor cache and 10-40 s
-cold). Short runs, tests and small batches therefore never compile, and the count is
+eager work on one CPU core; building a kernel's AOTInductor package costs 30-90 s once,
+loading it ~0.01-0.06 s; ``torch.compile`` costs ~3-5 s with a warm inductor cache and
+10-40 s cold). Short runs, tests and small batches therefore never compile, and the count is
 deterministic (no timing), so two runs of the same job take the same path at the same
 step. ``"compile"`` compiles from the first call; a failed compile falls back to eager
 for good. The first compile is for the static shape it sees (measured: a kernel compiled
