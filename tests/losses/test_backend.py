@@ -298,6 +298,7 @@ def aot_packages(tmp_path_factory):
     kernel = _sigmoid_kernel.loss_grad_kernel
     saved = (kernel._aot, kernel._compiled)
     kernel._aot = _aot.AotKernel(kernel.fn, kernel.name, _backend._COMPILE_OPTIONS)
+    kernel._compiled = None  # a torch.compile'd kernel from tests/losses/test_compile.py
     _aot.configure(enabled=True, directory=directory)
     set_backend("compile")
     try:
