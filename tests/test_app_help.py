@@ -84,7 +84,7 @@ def test_help_marks_the_options_chosen_on_the_command_line():
     for group in groups:  # a new group needs its line in conf/hydra/help/lightning_focal.yaml
         group_line(template, group)
     assert "shapes*" in group_line(template, "data")
-    assert "fcos*" in group_line(template, "model")
+    assert "retinanet*" in group_line(template, "model")
     assert "detection*" in group_line(template, "callbacks")
     assert "detection*," in group_line(template, "experiment")
     assert "*" not in group_line(template, "debug")  # debug: null

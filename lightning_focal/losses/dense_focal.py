@@ -101,6 +101,39 @@ class DenseFocalLoss(SigmoidFocalLoss):
                 num_pos = value
         return num_pos.clamp_min(1.0)
 
+    def statistics(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """:meth:`SigmoidFocalLoss.statistics` plus the dense regime of the batch.
+
+        Adds ``anchors_per_image`` (anchors or locations of an image, ignored ones
+        included), ``positives_per_image`` (anchors with a positive target and a non-zero
+        weight, averaged over the images) and ``positive_fraction`` (their ratio): the
+        imbalance the loss faces, which the mixin logs as ``focal/...`` with the rest.
+
+        Example:
+            >>> import torch
+            >>> targets = torch.zeros(2, 1000, 3); targets[0, :3, 0] = 1.0; targets[1, 0, 2] = 1.0
+            >>> stats = DenseFocalLoss().statistics(torch.zeros(2, 1000, 3), targets)
+            >>> [round(float(stats[k]), 4) for k in ("anchors_per_image", "positives_per_image", "positive_fraction")]
+            [1000.0, 2.0, 0.002]
+        """
+        stats = super().statistics(logits, target, weight)
+        if logits.dim() != 3:
+            return stats
+        positive = (target.detach() > 0.5).any(dim=-1)
+        if weight is not None:
+            w = weight.detach()
+            w = w.squeeze(-1) if w.dim() == 3 and w.shape[-1] == 1 else w
+            if w.dim() == 2:
+                positive = positive & (w > 0)
+        anchors = float(logits.shape[1])
+        per_image = positive.sum(dtype=torch.float32) / max(1, logits.shape[0])
+        stats["anchors_per_image"] = torch.tensor(anchors)
+        stats["positives_per_image"] = per_image
+        stats["positive_fraction"] = per_image / max(anchors, 1.0)
+        return stats
+
     def forward(  # type: ignore[override]
         self,
         input: Tensor,

@@ -219,3 +219,41 @@ def test_invalid_arguments() -> None:
         ShapesDataset(num_images=2)[2]
     with pytest.raises(RuntimeError, match="setup"):
         ShapesDataModule().train_dataloader()
+
+
+def _dense_regime(*overrides: str, num_images: int = 48):
+    """The composed config, anchors per image and mean positive anchors per image of a
+    detection setup, counted with its own model's anchor generator and matcher on train layouts."""
+    hydra = pytest.importorskip("hydra")
+    from hydra.utils import instantiate
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    from lightning_focal.app_utils import config_dir
+
+    with hydra.initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra.compose(config_name="train", overrides=list(overrides))
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model.detector, _convert_="all", num_classes=datamodule.num_classes)
+    side = cfg.data.image_size
+    images = torch.zeros(1, 3, side, side)
+    with torch.no_grad():
+        features = list(model.backbone(images).values())
+    (anchors,) = model.anchor_generator(ImageList(images, [(side, side)]), features)
+    datamodule.setup("fit")
+    positives = [
+        int((model.proposal_matcher(box_iou(datamodule.train_set.layout(i).boxes, anchors)) >= 0).sum())
+        for i in range(num_images)
+    ]
+    return cfg, len(anchors), sum(positives) / num_images
+
+
+def test_detection_experiment_is_in_the_dense_regime() -> None:
+    # Focal loss is for thousands of candidates per image with a handful positive. 64x64
+    # shapes with one FCOS location per cell had 86 locations and 6.5 % positive, and BCE
+    # averaged over them learned as well as any loss (issue 15).
+    cfg, anchors, positives = _dense_regime("experiment=detection")
+    assert anchors >= 4000
+    assert 4.0 <= positives <= 0.005 * anchors, (positives, anchors)
+    # every step sees fresh images, so the rarest class is not memorised from a few hundred
+    assert cfg.data.num_train >= cfg.trainer.max_steps * cfg.data.batch_size

@@ -66,6 +66,18 @@ def test_mean_and_ignored_anchors():
     assert_close(batch, sigmoid_focal_loss(x[:, :10], t[:, :10], reduction="sum") / 4)
 
 
+def test_statistics_report_the_dense_regime():
+    x, t = case([3, 1, 0], anchors=500)
+    weight = torch.ones(3, 500)
+    weight[0, 0] = 0.0  # an ignored anchor is no positive
+    stats = DenseFocalLoss().statistics(x, t, weight)
+    assert float(stats["anchors_per_image"]) == 500.0
+    assert float(stats["positives_per_image"]) == pytest.approx(3 / 3)
+    assert float(stats["positive_fraction"]) == pytest.approx(1 / 500)
+    stats = DenseFocalLoss().statistics(x, t)
+    assert float(stats["positives_per_image"]) == pytest.approx(4 / 3)
+
+
 def test_ema_smooths_the_normaliser_in_training_only():
     loss = DenseFocalLoss(normalization="batch", ema_momentum=0.5)
     loss(*case([4]))
