@@ -71,7 +71,7 @@ CLASSIFIER = (
     "callbacks.gamma_warmup.schedule.fraction=0.5",
     "model.scheduler.pct_start=0.3",
 )
-# shapes: 32 images in batches of 8 (4 an epoch), FCOS; items are pure functions of (seed, index)
+# shapes: 32 images in batches of 8 (4 an epoch), RetinaNet; items are pure functions of (seed, index)
 DETECTOR = (
     "experiment=detection",
     "data.num_train=32",
@@ -79,6 +79,7 @@ DETECTOR = (
     "data.batch_size=8",
     "callbacks.detection_samples=null",
     "callbacks.model_checkpoint.monitor=null",
+    "model.scheduler.pct_start=0.3",
 )
 
 
@@ -237,7 +238,7 @@ def test_ddp_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_detection_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
-    """FCOS on shapes (no augmentation: an item depends on (seed, index) only), resumed
+    """RetinaNet on shapes (no augmentation: an item depends on (seed, index) only), resumed
     mid-epoch."""
     full, resumed, step = tmp_path / "full", tmp_path / "resumed", 6
     run_app(full, base=DETECTOR)

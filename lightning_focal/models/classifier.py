@@ -18,6 +18,7 @@ from ..metrics import (
 )
 from ..mixin import FocalLossMixin
 from ._loss import focal_loss_from, focal_loss_node
+from ._optim import optimizers_from
 
 __all__ = ["TimmClassifier", "reliability_bins"]
 
@@ -141,11 +142,4 @@ class TimmClassifier(FocalLossMixin, pl.LightningModule):
         self.test_reliability.reset()
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        return optimizers_from(self.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -26,6 +26,7 @@ from ..detection import SUPPORTED_DETECTORS, focal_loss_of, with_focal_loss
 from ..losses.dense_focal import DenseFocalLoss
 from ..mixin import FocalLossMixin
 from ._loss import _locate, focal_loss_from, focal_loss_node
+from ._optim import optimizers_from
 from .detectors import FACTORY_NODE
 
 __all__ = ["DenseDetector", "map_backend", "mean_average_precision"]
@@ -257,14 +258,7 @@ class DenseDetector(FocalLossMixin, pl.LightningModule):
                 )
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        return optimizers_from(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
 
 def _build_detector(detector: Any, owner: str) -> Any:
