@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from pathlib import Path
 def run_experiment(
     experiment: str, seed: int, root: Path, extra: Sequence[str] = ()
 ) -> dict[str, float]:
-    """One CLI run, 1 thread, no progress bar; returns its logged test/* metrics and wall_s."""
+    """One CLI run, 1 thread, no progress bar; returns its logged test/* metrics, wall_s and cpu_s.
+
+    The run's console output is kept in ``<root>/<experiment>_<seed>/std{out,err}.log``.
+    """
     home = root / f"{experiment}_{seed}"
     env = {**os.environ, "LIGHTNING_FOCAL_ROOT": str(home), "OMP_NUM_THREADS": "1"}
     args = [
@@ -30,11 +34,19 @@ def run_experiment(
         "+trainer.enable_progress_bar=false",
         *extra,
     ]
+    home.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    with open(home / "stdout.log", "w") as out, open(home / "stderr.log", "w") as err:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, text=True)
+        # wait4 reaps this child only and returns its own CPU time (user + sys), which a busy
+        # machine changes far less than the wall time; getrusage(CHILDREN) would mix parallel runs
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{experiment} seed {seed} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{experiment} seed {seed} failed:\n{(home / 'stderr.log').read_text()[-3000:]}"
+        )
     (run,) = (home / "logs").glob("*/runs/*")
     rows = list(
         csv.DictReader((run / "csv" / "version_0" / "metrics.csv").read_text().splitlines())
@@ -45,12 +57,25 @@ def run_experiment(
         for k, v in row.items()
         if k.startswith("test/") and v not in ("", None)
     }
-    # last logged value of the training diagnostics
+    # the training diagnostics: last logged value as focal/<key>, mean over the run's logging
+    # steps as focal/<key>_mean
+    logged: dict[str, list[float]] = {}
     for row in rows:
         for k, v in row.items():
             if k.startswith("focal/") and v not in ("", None):
-                metrics[k] = float(v)
+                logged.setdefault(k, []).append(float(v))
+    for k, values in logged.items():
+        metrics[k] = values[-1]
+        metrics[f"{k}_mean"] = statistics.mean(values)
+    # the run's planned optimiser steps, from the config the run saved
+    config = run / ".hydra" / "config.yaml"
+    match = (
+        re.search(r"^  max_steps: (\d+)$", config.read_text(), re.M) if config.exists() else None
+    )
+    if match:
+        metrics["steps"] = float(match.group(1))
     metrics["wall_s"] = wall
+    metrics["cpu_s"] = usage.ru_utime + usage.ru_stime
     return metrics
 
 

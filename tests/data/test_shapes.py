@@ -242,7 +242,11 @@ def _dense_regime(*overrides: str, num_images: int = 48):
     (anchors,) = model.anchor_generator(ImageList(images, [(side, side)]), features)
     datamodule.setup("fit")
     positives = [
-        int((model.proposal_matcher(box_iou(datamodule.train_set.layout(i).boxes, anchors)) >= 0).sum())
+        int(
+            (
+                model.proposal_matcher(box_iou(datamodule.train_set.layout(i).boxes, anchors)) >= 0
+            ).sum()
+        )
         for i in range(num_images)
     ]
     return cfg, len(anchors), sum(positives) / num_images
