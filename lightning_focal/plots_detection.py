@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
+
+from .callbacks._common import ValidationCounter
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -130,7 +131,7 @@ def draw_detections(
     return to_pil_image(torch.cat([truth, gap, predicted], dim=2))
 
 
-class DetectionSamples(Callback):
+class DetectionSamples(ValidationCounter):
     """Draw the predictions on the first images of the first validation batch, at each validation.
 
     The module's ``validation_step`` should return the predictions (a list of dicts with
@@ -166,37 +167,14 @@ class DetectionSamples(Callback):
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if every_n_validations < 1:
-            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        super().__init__(every_n_validations)
         self.num_images = num_images
-        self.every_n_validations = every_n_validations
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.min_score = min_score
         self.class_names = list(class_names) if class_names is not None else None
         self.saved: list[Path] = []
         self._directory: Path | None = None
         self._sample: tuple[Tensor, list[dict[str, Tensor]], list[dict[str, Tensor]]] | None = None
-        self.validations = 0  # validations seen, the sanity check not counted
-
-    def _due(self, trainer: pl.Trainer) -> bool:
-        return (
-            not trainer.sanity_checking
-            and self.validations > 0
-            and self.validations % self.every_n_validations == 0
-        )
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self.validations}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validations = int(state_dict.get("validations", 0))
-
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.validations += 1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

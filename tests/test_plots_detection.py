@@ -84,7 +84,7 @@ def test_counts_validations_not_epochs(tmp_path):
         "epoch000-step000004-0.png",
         "epoch000-step000004-1.png",
     ]
-    with pytest.raises(ValueError, match="every_n_validations must be >= 1"):
+    with pytest.raises(ValueError, match="every_n_validations must be an integer >= 1"):
         DetectionSamples(every_n_validations=0)
 
 

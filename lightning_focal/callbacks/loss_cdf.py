@@ -10,13 +10,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.nn import functional as F
 from typing_extensions import override
 
 from ..losses import SigmoidFocalLoss
 from ..mixin import find_focal_losses
+from ._common import ValidationCounter
 
 __all__ = ["GAMMAS", "LossCDF", "focal_loss_of_samples", "hardest_share", "normalized_loss_cdf"]
 
@@ -91,7 +91,7 @@ def hardest_share(losses: Tensor, fraction: float) -> float:
     return float(values.topk(k).values.sum()) / total
 
 
-class LossCDF(Callback):
+class LossCDF(ValidationCounter):
     """Draw the paper's Figure 4 for the current model: where the loss budget goes.
 
     For γ in ``gammas`` (the paper's 0, 0.5, 1, 2) it computes the focal loss of every
@@ -152,21 +152,19 @@ class LossCDF(Callback):
         output_dir: str | Path | None = None,
         seed: int = 0,
     ) -> None:
+        super().__init__(every_n_validations)
         gammas = tuple(float(g) for g in gammas)
         if not gammas or any(not math.isfinite(g) or g < 0 for g in gammas):
             raise ValueError(f"gammas must be one or more finite values >= 0, got {gammas}")
         for name, value in (
             ("num_batches", num_batches),
             ("max_samples", max_samples),
-            ("every_n_validations", every_n_validations),
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         self.gammas = gammas
         self.num_batches = int(num_batches)
         self.max_samples = int(max_samples)
-        self.every_n_validations = int(every_n_validations)
-        self.validations = 0  # validations seen, the sanity check not counted
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.seed = seed
         self.saved: list[Path] = []
@@ -360,21 +358,6 @@ class LossCDF(Callback):
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _due(self, trainer: pl.Trainer) -> bool:
-        return (
-            not trainer.sanity_checking
-            and self.validations > 0
-            and self.validations % self.every_n_validations == 0
-        )
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self.validations}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validations = int(state_dict.get("validations", 0))
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # trainer.log_dir broadcasts: resolve it here, where every rank calls it
@@ -384,8 +367,7 @@ class LossCDF(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.validations += 1
+        super().on_validation_epoch_start(trainer, pl_module)
         self.reset()
 
     @override
