@@ -39,6 +39,9 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     # epoch-level tensor logged without it under DDP (20 lines in a classifier run)
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "sync_dist" in line]
     assert not warnings, "\n".join(warnings)
+    # and "Using `DistributedSampler` with the dataloaders. During `trainer.test()` ...": the
+    # padded sampler Lightning swaps in evaluates the last items twice
+    assert "Using `DistributedSampler`" not in proc.stdout + proc.stderr
     return proc
 
 
@@ -65,7 +68,7 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
         "trainer.limit_val_batches=1.0",
         "logger=wandb",  # wandb (offline here) plus the CSV files read below
     ]
-    run_cli(tmp_path, *common)
+    run_cli(tmp_path, *common, "trainer.limit_test_batches=1.0")
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1  # one output dir for both ranks
     run = runs[0]
@@ -102,6 +105,16 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
     acc = float((pred == y).float().mean())
     logged = [v for s, v in column(rows, "val/acc") if s == step - 1 or s == step]
     assert logged and logged[-1] == pytest.approx(acc, abs=1e-6)
+
+    # The test metrics cover every test item once: equal to one process testing the checkpoint
+    # that the run tested (its best) on the whole test split.
+    (best,) = [p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith("last")]
+    model.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
+    x, y = dm.test_set.tensors
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    (logged,) = [v for _, v in column(rows, "test/acc")]
+    assert logged == pytest.approx(float((pred == y).float().mean()), abs=1e-6)
 
     # Resume the DDP run from its checkpoint.
     run_cli(

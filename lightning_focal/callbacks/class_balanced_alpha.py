@@ -1,8 +1,10 @@
-"""``ClassBalancedAlpha``: per-class α of every focal loss from the training class counts."""
+"""``ClassBalancedAlpha``: per-class α (and logit-adjustment priors) of every focal loss from
+the training class counts, from the first step or deferred (DRW)."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,6 +91,19 @@ class ClassBalancedAlpha(Callback):
     weights per loss are kept in the checkpoint, so a resumed run does not count again, and
     logged as ``focal/alpha/<c>`` (``focal/<name>/alpha/<c>`` with several losses).
 
+    **Deferred re-weighting** (DRW, Cao et al. 2019): with ``start`` > 0 the losses train with
+    their own α (usually none) until optimiser step ``start`` (an int) or the fraction
+    ``start`` of the run's steps (a float in (0, 1), of ``trainer.estimated_stepping_batches``),
+    and with the class-balanced α from then on. The switch is a function of the global step,
+    so it is the same on every DDP rank and a resumed run switches at the same step (a
+    resume with a longer run moves a fractional switch that has not happened yet; one that
+    has stays on). A switch at or after the run's last step is refused.
+
+    **Logit adjustment**: a :class:`~lightning_focal.SoftmaxFocalLoss` with a
+    ``logit_adjustment`` and no ``class_priors`` gets the class frequencies as its priors
+    (``priors=True``) at the start of training. With ``alpha=False`` the callback sets only
+    those priors (logit-adjusted loss without class-balanced α).
+
     Args:
         method: ``"effective_number"`` (Cui et al. 2019), ``"inverse"`` or ``"inverse_sqrt"``.
         beta: β of the effective number, in [0, 1).
@@ -98,6 +113,10 @@ class ClassBalancedAlpha(Callback):
         ignore_index: class index skipped while counting.
         counts: per-class training counts, for every loss (a list) or per loss name (a dict
             of lists); the way to use a streamed (``IterableDataset``) training set.
+        alpha: set the class-balanced α (``False``: only the logit-adjustment priors).
+        priors: fill ``class_priors`` of logit-adjusted losses that have none.
+        start: the optimiser step (int) or fraction of the run (float in (0, 1)) at which α
+            switches on; 0: from the first step.
 
     Example:
         >>> import lightning as L
@@ -140,11 +159,28 @@ class ClassBalancedAlpha(Callback):
         target_index: int | str = 1,
         ignore_index: int = -100,
         counts: CountsArg | None = None,
+        alpha: bool = True,
+        priors: bool = True,
+        start: int | float = 0,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if isinstance(start, bool) or not isinstance(start, (int, float)):
+            raise TypeError(f"start must be a step (int) or a fraction (float), got {start!r}")
+        if isinstance(start, float) and not (0.0 <= start < 1.0 and math.isfinite(start)):
+            raise ValueError(
+                f"start={start}: a fraction of the run must be in [0, 1); give a step count as "
+                "an int"
+            )
+        if isinstance(start, int) and start < 0:
+            raise ValueError(f"start must be a step >= 0, got {start}")
+        if not alpha and start:
+            raise ValueError("start defers α, but alpha=False sets no α: drop one of them")
+        self.alpha = bool(alpha)
+        self.priors = bool(priors)
+        self.start = start
         self.method = method
         self.beta = beta
         self.num_classes = num_classes
@@ -155,6 +191,9 @@ class ClassBalancedAlpha(Callback):
         self.counts: dict[str, list[int]] | None = None
         self.weights: dict[str, list[float]] | None = None
         self.source: str | None = None
+        # the global step at which α was switched on (None: not yet); kept in the checkpoint
+        self.switched_at: int | None = None
+        self._start_step = 0
 
     # -- counting -----------------------------------------------------------------------
 
@@ -295,9 +334,57 @@ class ClassBalancedAlpha(Callback):
 
     # -- hooks ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _unadjusted(losses: Mapping[str, FocalLossBase]) -> dict[str, FocalLossBase]:
+        """The losses with a logit adjustment and no class priors yet."""
+        return {
+            name: loss
+            for name, loss in losses.items()
+            if getattr(loss, "logit_adjustment", 0.0) and loss.class_priors is None
+        }
+
+    @override
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the validation loss of a logit-adjusted loss needs its priors before training starts
+        losses = require_focal_losses(pl_module, "ClassBalancedAlpha")
+        if not (self.priors and self._unadjusted(losses)):
+            return
+        if self.weights is None and self._declared_counts(trainer) is None:
+            raise MisconfigurationException(
+                "ClassBalancedAlpha counts the classes when training starts, after the sanity "
+                "check, but the logit-adjusted loss needs its class priors for the sanity "
+                f"check's loss: {_HOW_TO_GIVE_COUNTS}, or set loss.class_priors, or "
+                "Trainer(num_sanity_val_steps=0)"
+            )
+        self._count(trainer, pl_module, losses)
+        self._fill_priors(losses)
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         losses = require_focal_losses(pl_module, "ClassBalancedAlpha")
+        adjusted = [n for n, loss in losses.items() if getattr(loss, "logit_adjustment", 0.0)]
+        if not self.alpha and not (self.priors and adjusted):
+            raise MisconfigurationException(
+                "ClassBalancedAlpha(alpha=False) has nothing to set: no focal loss has a "
+                "logit_adjustment whose class priors it could fill (set loss.logit_adjustment, "
+                "or alpha=True for class-balanced α)"
+            )
+        self._count(trainer, pl_module, losses)
+        if self.priors:
+            self._fill_priors(losses)
+        if not self.alpha:
+            return
+        self._start_step = self._resolve_start(trainer)
+        if self.switched_at is not None or trainer.global_step >= self._start_step:
+            self._switch_on(trainer, pl_module, losses)
+
+    def _count(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        losses: Mapping[str, FocalLossBase],
+    ) -> None:
+        """Counts and weights per loss, unless known (an earlier hook, a checkpoint)."""
         if isinstance(self.weights, list):  # a checkpoint from before per-loss counts
             self.weights = {name: self.weights for name in losses}
             self.counts = {name: self.counts for name in losses} if self.counts else None
@@ -311,8 +398,73 @@ class ClassBalancedAlpha(Callback):
             for name in losses:
                 rank_zero_info(
                     f"ClassBalancedAlpha ({self.method}, from {self.source}), {name}: counts "
-                    f"{self.counts[name]} -> weights {[round(w, 4) for w in self.weights[name]]}"
+                    f"{self.counts[name]}"
+                    + (
+                        f" -> weights {[round(w, 4) for w in self.weights[name]]}"
+                        if self.alpha
+                        else ""
+                    )
                 )
+
+    def _fill_priors(self, losses: Mapping[str, FocalLossBase]) -> None:
+        """Class frequencies as the priors of the logit-adjusted losses that have none."""
+        for name, loss in self._unadjusted(losses).items():
+            counts = (self.counts or {}).get(name)
+            if counts is None:
+                raise MisconfigurationException(
+                    f"ClassBalancedAlpha: no class counts for the logit-adjusted loss {name!r} "
+                    "(resumed from a checkpoint without them): set loss.class_priors"
+                )
+            if 0 in counts:
+                raise MisconfigurationException(
+                    f"ClassBalancedAlpha: class {counts.index(0)} has no training samples, so "
+                    f"its prior is 0 and log π is -inf for the logit-adjusted loss {name!r}: "
+                    "set loss.class_priors (e.g. counts + 1)"
+                )
+            loss.class_priors = torch.tensor(counts, dtype=torch.float64)
+
+    def _resolve_start(self, trainer: pl.Trainer) -> int:
+        """The optimiser step at which α switches on; refuses one the run never reaches."""
+        if not self.start:
+            return 0
+        total = trainer.estimated_stepping_batches
+        finite = 0 < total < math.inf
+        if isinstance(self.start, float):
+            if not finite:
+                raise MisconfigurationException(
+                    f"ClassBalancedAlpha(start={self.start}) is a fraction of the run, but the "
+                    "run has no finite length: set trainer.max_steps, or give start as a step"
+                )
+            step = round(self.start * total)
+        else:
+            step = self.start
+        if finite and step >= total and self.switched_at is None:
+            raise MisconfigurationException(
+                f"ClassBalancedAlpha(start={self.start}) switches α on at step {step}, but the "
+                f"run ends at step {int(total)}: α would never be used. Lower start "
+                "(callbacks.class_balanced_alpha.start) or raise trainer.max_steps"
+            )
+        return step
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.alpha and self.switched_at is None and trainer.global_step >= self._start_step:
+            losses = require_focal_losses(pl_module, "ClassBalancedAlpha")
+            self._switch_on(trainer, pl_module, losses)
+
+    def _switch_on(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        losses: Mapping[str, FocalLossBase],
+    ) -> None:
+        assert self.weights is not None
+        if self.switched_at is None:
+            self.switched_at = trainer.global_step
+            if self.start:
+                rank_zero_info(f"ClassBalancedAlpha: α on from step {self.switched_at} (DRW)")
         for name, loss in losses.items():
             weights = torch.tensor(self.weights[name], dtype=torch.float32)
             loss.alpha = loss.alpha_from_class_weights(weights)
@@ -365,6 +517,7 @@ class ClassBalancedAlpha(Callback):
             "counts": self.counts,
             "weights": self.weights,
             "source": self.source,
+            "switched_at": self.switched_at,
         }
 
     @override
@@ -372,3 +525,4 @@ class ClassBalancedAlpha(Callback):
         self.counts = state_dict.get("counts")
         self.weights = state_dict.get("weights")
         self.source = state_dict.get("source")
+        self.switched_at = state_dict.get("switched_at")

@@ -16,7 +16,8 @@ __all__ = ["DistributedConsistencyCheck"]
 
 
 class DistributedConsistencyCheck(Callback):
-    """All-gather γ and α of every focal loss after each training step and compare ranks.
+    """All-gather γ, α (and class priors) of every focal loss after each training step and
+    compare ranks.
 
     Logs ``ddp/focal_spread`` (largest max-min over ranks of any γ or α entry; 0 when the
     ranks agree) and raises ``RuntimeError`` when it exceeds ``atol``. On one process it
@@ -47,12 +48,12 @@ class DistributedConsistencyCheck(Callback):
         values = [
             buf.detach().float().flatten()
             for loss in find_focal_losses(pl_module).values()
-            for buf in (loss.gamma, loss.alpha)
+            for buf in (getattr(loss, name) for name in loss.value_buffers)
             if buf is not None
         ]
         if values:
             gathered = self._gather(trainer, torch.cat(values))
-            self._check(pl_module, "ddp/focal_spread", "focal-loss γ/α", gathered, trainer)
+            self._check(pl_module, "ddp/focal_spread", "focal-loss γ/α/priors", gathered, trainer)
         dense = [m for m in find_focal_losses(pl_module).values() if isinstance(m, DenseFocalLoss)]
         for loss in dense[:1]:  # detectors have one classification loss
             local = torch.stack(

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Subset
 
 __all__ = [
@@ -359,8 +360,10 @@ def seeded_dataloader(
 
     With ``shuffle`` (training): a :class:`ResumableDataLoader` over a
     :class:`ResumableSampler` seeded with ``seed`` (yielding ``(epoch, index)`` keys to an
-    :class:`EpochDataset`), this rank's share of ``num_replicas``. Without (val, test): a
-    plain ``DataLoader`` in the dataset's order, which Lightning shards under DDP.
+    :class:`EpochDataset`), this rank's share of ``num_replicas``. Without (val, test): the
+    dataset's order; with ``num_replicas > 1`` this rank takes every ``num_replicas``-th item
+    from ``rank`` on (Lightning's ``UnrepeatedDistributedSampler``: no item is evaluated twice,
+    and ranks may run one batch fewer).
 
     Args:
         dataset: map-style dataset.
@@ -371,7 +374,7 @@ def seeded_dataloader(
         persistent_workers: keep the workers alive between epochs (only with
             ``num_workers > 0``; ``DataLoader`` rejects it otherwise).
         collate_fn: batch collation; ``None`` for PyTorch's default.
-        num_replicas: ranks that share the shuffled data.
+        num_replicas: ranks that share the data.
         rank: this rank.
 
     Example:
@@ -390,7 +393,18 @@ def seeded_dataloader(
         collate_fn=collate_fn,
     )
     if not shuffle:
-        return DataLoader(dataset, shuffle=False, **common)
+        if num_replicas == 1:
+            return DataLoader(dataset, shuffle=False, **common)
+        # each rank every num_replicas-th item, none repeated (DistributedSampler pads the last
+        # batch with copies, which the metrics would count twice); ranks may differ by one batch,
+        # which evaluation allows: nothing syncs per batch without gradients
+        sampler = UnrepeatedDistributedSampler(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,  # type: ignore[arg-type]
+        )
+        return DataLoader(dataset, sampler=sampler, **common)
     sampler = ResumableSampler(
         dataset,  # type: ignore[arg-type]
         seed=seed,
@@ -413,8 +427,9 @@ class SplitsDataModule(L.LightningDataModule):
     resumed run continues the epoch where the checkpoint stopped (see
     :func:`seeded_dataloader`). Under DDP it takes this rank's share itself (from
     ``trainer.distributed_sampler_kwargs``, unless ``Trainer(use_distributed_sampler=False)``),
-    so that every rank's batches are resumable too. val and test keep the dataset's order
-    (Lightning shards them). A loader asked for before its split exists raises
+    so that every rank's batches are resumable too. val and test keep the dataset's order,
+    each item on exactly one rank (Lightning's padded ``DistributedSampler`` would count the
+    last items twice and warn during ``trainer.test()``). A loader asked for before its split exists raises
     ``RuntimeError``.
 
     Attributes:
@@ -434,7 +449,7 @@ class SplitsDataModule(L.LightningDataModule):
         return f"{type(self).__name__}: call setup() before asking for a dataloader"
 
     def _shard(self) -> tuple[int, int]:
-        """``(num_replicas, rank)`` of the training data: the trainer's DDP ranks, else ``(1, 0)``."""
+        """``(num_replicas, rank)`` of this rank's share: the trainer's DDP ranks, else ``(1, 0)``."""
         trainer = self.trainer
         kwargs = None if trainer is None else trainer.distributed_sampler_kwargs
         # Trainer(use_distributed_sampler=False) means: give every rank all the data
@@ -447,7 +462,7 @@ class SplitsDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(self._missing_split_message(split))
         hp = self.hparams
-        num_replicas, rank = self._shard() if shuffle else (1, 0)
+        num_replicas, rank = self._shard()
         return seeded_dataloader(
             dataset,
             hp.batch_size,

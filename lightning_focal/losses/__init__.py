@@ -11,7 +11,7 @@ from .class_weights import class_balanced_weights
 from .dense_focal import DenseFocalLoss
 from .gamma_policy import FLSD53, SampleDependentGamma
 from .sigmoid_focal import SigmoidFocalLoss, sigmoid_focal_loss
-from .softmax_focal import SoftmaxFocalLoss, softmax_focal_loss
+from .softmax_focal import SoftmaxFocalLoss, adjust_logits, softmax_focal_loss
 
 __all__ = [
     "FLSD53",
@@ -20,6 +20,7 @@ __all__ = [
     "SampleDependentGamma",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "adjust_logits",
     "class_balanced_weights",
     "get_backend",
     "set_backend",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,8 @@ class FocalLossBase(nn.Module, abc.ABC):
 
     gamma: Tensor | None
     alpha: Tensor | None
+    value_buffers: ClassVar[tuple[str, ...]] = ("gamma", "alpha")
+    """The buffers assigned as attributes and checked at load; a family may add its own."""
 
     def __init__(
         self,
@@ -80,14 +82,18 @@ class FocalLossBase(nn.Module, abc.ABC):
     # ---- assignment ----------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("gamma", "alpha") and name in self.__dict__.get("_buffers", ()):
+        if name in self.value_buffers and name in self.__dict__.get("_buffers", ()):
             with torch.no_grad():
-                if name == "gamma":
-                    self._assign_gamma(value)
-                else:
-                    self._write("alpha", None if value is None else self._parse_alpha(value))
+                self._assign(name, value)
             return
         super().__setattr__(name, value)
+
+    def _assign(self, name: str, value: Any) -> None:
+        """Validate ``value`` and write it into buffer ``name`` (one of :attr:`value_buffers`)."""
+        if name == "gamma":
+            self._assign_gamma(value)
+        else:
+            self._write("alpha", None if value is None else self._parse_alpha(value))
 
     def set_gamma(self, gamma: GammaArg) -> None:
         """``loss.gamma = gamma`` under a method name (for ``functools.partial`` and lambdas)."""
@@ -136,12 +142,18 @@ class FocalLossBase(nn.Module, abc.ABC):
                 f"{name} has {value.numel()} per-class values, expected num_classes="
                 f"{self.num_classes}"
             )
-        other = self._buffers.get("alpha" if name == "gamma" else "gamma")
-        if other is not None and other.dim() == 1 and other.numel() != value.numel():
-            raise ValueError(
-                f"{name} has {value.numel()} per-class values but the loss's other per-class "
-                f"values have {other.numel()}"
-            )
+        for other_name in self.value_buffers:
+            other = self._buffers.get(other_name)
+            if (
+                other_name != name
+                and other is not None
+                and other.dim() == 1
+                and other.numel() != value.numel()
+            ):
+                raise ValueError(
+                    f"{name} has {value.numel()} per-class values but the loss's {other_name} "
+                    f"has {other.numel()}"
+                )
 
     def _device(self) -> torch.device:
         for buf in self._buffers.values():
@@ -245,7 +257,7 @@ class FocalLossBase(nn.Module, abc.ABC):
         # run; adopt the checkpoint's, after checking them as an assignment would.
         error_msgs: list[str] = args[-1]
         incoming = {
-            n: state_dict[prefix + n] for n in ("gamma", "alpha") if prefix + n in state_dict
+            n: state_dict[prefix + n] for n in self.value_buffers if prefix + n in state_dict
         }
         saved = {n: self._buffers.get(n) for n in incoming}
         saved_policy = self.gamma_policy
@@ -262,10 +274,7 @@ class FocalLossBase(nn.Module, abc.ABC):
                 self._buffers[name] = None  # no stale length check against the old value
             for name, value in incoming.items():
                 try:
-                    if name == "gamma":
-                        self._assign_gamma(value)
-                    else:
-                        self._write("alpha", self._parse_alpha(value))
+                    self._assign(name, value)
                 except (ValueError, TypeError) as err:
                     error_msgs.append(f"invalid value for {prefix + name}: {err}")
                     self._buffers.update(saved)

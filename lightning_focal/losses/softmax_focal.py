@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ from ._softmax_kernel import (
     softmax_focal_elementwise,
 )
 
-__all__ = ["SoftmaxFocalLoss", "softmax_focal_loss"]
+__all__ = ["SoftmaxFocalLoss", "adjust_logits", "softmax_focal_loss"]
 
 _WHERE = "softmax focal loss takes per-class values along dim 1"
 
@@ -49,6 +49,8 @@ def softmax_focal_loss(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     poly1: float = 0.0,
+    logit_adjustment: float | Tensor = 0.0,
+    class_priors: Sequence[float] | Tensor | None = None,
 ) -> Tensor:
     r"""Softmax focal loss with the conventions of ``torch.nn.functional.cross_entropy``.
 
@@ -66,6 +68,11 @@ def softmax_focal_loss(
     gradients, ``torch.func.grad``/``vmap``/``jacrev``, and gradients for ``gamma`` and
     ``alpha`` tensors that require grad.
 
+    With ``logit_adjustment=τ`` the loss is computed on ``input + τ·log π`` (π:
+    ``class_priors``), the logit-adjusted loss of Menon et al. (2021): at ``gamma=0`` it is
+    ``F.cross_entropy(input + τ·log π, target)`` (balanced softmax at τ=1), at γ > 0
+    logit-adjusted focal loss. It only changes the loss: predict with the plain logits.
+
     Args:
         input: logits ``(N, C)``, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``.
         target: class indices ``(N)`` / ``(N, d1, ..., dk)`` or class probabilities with the
@@ -78,6 +85,9 @@ def softmax_focal_loss(
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         label_smoothing: in [0, 1], as in ``cross_entropy``.
         poly1: ε of Poly-1 focal loss (Leng et al., 2022); not weighted by α.
+        logit_adjustment: τ of the logit adjustment; 0 (the default) for none.
+        class_priors: per-class priors π of length C (class frequencies, or counts: they are
+            normalised), each > 0; needed when ``logit_adjustment`` is not 0.
 
     Example:
         >>> import torch
@@ -89,7 +99,13 @@ def softmax_focal_loss(
         tensor(0.2027)
         >>> torch.allclose(softmax_focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
         True
+        >>> counts = torch.tensor([90.0, 9.0, 1.0])
+        >>> la = softmax_focal_loss(logits, target, gamma=0.0, logit_adjustment=1.0, class_priors=counts)
+        >>> torch.allclose(la, F.cross_entropy(logits + (counts / counts.sum()).log(), target))
+        True
     """
+    if isinstance(logit_adjustment, Tensor) or logit_adjustment != 0.0:
+        input = adjust_logits(input, logit_adjustment, class_priors)
     if (
         type(gamma) is float
         and alpha is None
@@ -234,6 +250,52 @@ def _alpha_tensor(alpha: Any, num_classes: int | None, device, dtype) -> Tensor:
     return a
 
 
+def _class_priors(value: Any, num_classes: int | None, device, dtype) -> Tensor:
+    """Class priors π for the logit adjustment: 1-D, finite, > 0, normalised to sum 1."""
+    p = as_class_tensor("class_priors", value, device, dtype)
+    if p.dim() != 1:
+        raise ValueError(
+            "class_priors must be a per-class tensor of length C (class frequencies or counts)"
+        )
+    if num_classes is not None:
+        check_per_class_length("class_priors", p, num_classes, _WHERE)
+    if not _tracing() and not bool(torch.all(torch.isfinite(p) & (p > 0))):
+        raise ValueError(
+            "class_priors must be finite and > 0 (log π of a class with no training samples is "
+            f"-inf: give it a small count), got {p.tolist()}"
+        )
+    return p / p.sum()
+
+
+def adjust_logits(
+    input: Tensor, tau: float | Tensor, class_priors: Sequence[float] | Tensor | None
+) -> Tensor:
+    """``input + τ·log π`` along the class dimension (dim 1; dim 0 of unbatched logits).
+
+    Example:
+        >>> import torch
+        >>> adjust_logits(torch.zeros(1, 2), 1.0, torch.tensor([3.0, 1.0]))
+        tensor([[-0.2877, -1.3863]])
+    """
+    x = check_logits("input", input)
+    if class_priors is None:
+        raise ValueError(
+            f"logit_adjustment={float(tau)} needs class_priors: class frequencies or counts of "
+            "length C (from a module: set `loss.class_priors`, or let the ClassBalancedAlpha "
+            "callback fill them from the training counts)"
+        )
+    if x.dim() == 0:
+        raise ValueError("input must have a class dimension, got a 0-d tensor")
+    if isinstance(class_priors, Tensor) and class_priors.device != x.device:
+        check_device("class_priors", class_priors, x.device)
+    num_classes = x.shape[1] if x.dim() > 1 else x.shape[0]
+    priors = _class_priors(class_priors, num_classes, x.device, compute_dtype(x.dtype))
+    shift = torch.log(priors) * tau
+    if x.dim() > 2:
+        shift = shift.view(-1, *([1] * (x.dim() - 2)))
+    return x + shift
+
+
 def _softmax_focal_loss(
     x: Tensor,
     t: Tensor,
@@ -308,6 +370,11 @@ class SoftmaxFocalLoss(FocalLossBase):
         ignore_index: as in ``cross_entropy``.
         label_smoothing: as in ``cross_entropy``.
         poly1: ε of Poly-1 focal loss.
+        logit_adjustment: τ: the loss is computed on ``input + τ·log π`` (logit-adjusted loss,
+            Menon et al. 2021; balanced softmax at τ=1 and γ=0); 0 for none.
+        class_priors: per-class priors π (frequencies or counts, normalised), a buffer like
+            α: ``loss.class_priors = counts``; :class:`~lightning_focal.callbacks.ClassBalancedAlpha`
+            fills them from the training counts when the loss has a ``logit_adjustment``.
         num_classes: optional; checks the length of per-class values when they are set.
 
     Example:
@@ -320,7 +387,12 @@ class SoftmaxFocalLoss(FocalLossBase):
         >>> criterion.gamma = 0.0
         >>> criterion(logits, target)
         tensor(0.1698)
+        >>> la = SoftmaxFocalLoss(gamma=0.0, logit_adjustment=1.0, class_priors=[90, 9, 1])
+        >>> la(logits, target)  # cross-entropy of logits + log π: the frequent class is easy
+        tensor(0.0136)
     """
+
+    value_buffers: ClassVar[tuple[str, ...]] = ("gamma", "alpha", "class_priors")
 
     takes_prior_bias = False
     """A constant bias does not change a softmax: the prior init is for sigmoid heads."""
@@ -334,13 +406,51 @@ class SoftmaxFocalLoss(FocalLossBase):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         poly1: float = 0.0,
+        logit_adjustment: float = 0.0,
+        class_priors: Sequence[float] | Tensor | None = None,
         num_classes: int | None = None,
     ) -> None:
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        tau = float(logit_adjustment)
+        if not math.isfinite(tau):
+            raise ValueError(f"logit_adjustment must be a finite τ, got {logit_adjustment}")
         self.ignore_index = int(ignore_index)
         self.label_smoothing = float(label_smoothing)
+        self.logit_adjustment = tau
         super().__init__(gamma, alpha, reduction, poly1=poly1, num_classes=num_classes)
+        self.register_buffer("class_priors", None)
+        self.class_priors = class_priors
+
+    def _assign(self, name: str, value: Any) -> None:
+        if name != "class_priors":
+            return super()._assign(name, value)
+        if value is None:
+            self._write(name, None)
+            return
+        device = value.device if isinstance(value, Tensor) else torch.device("cpu")
+        if isinstance(value, Tensor):
+            self._refuse_grad(name, value)
+            value = value.detach()
+            if not value.is_floating_point():
+                value = value.double()  # integer counts
+        priors = _class_priors(value, None, device, self._dtype())
+        self._check_length(name, priors)
+        self._write(name, priors)
+
+    def _adjusted(self, input: Tensor) -> Tensor:
+        """``input + τ·log π`` with the module's τ and priors (saying which key to set)."""
+        priors = self._buffers["class_priors"]
+        if priors is None:
+            raise ValueError(
+                f"SoftmaxFocalLoss(logit_adjustment={self.logit_adjustment}) has no class "
+                "priors: set `loss.class_priors` (class frequencies or counts), or add the "
+                "ClassBalancedAlpha callback (in the app: callbacks.class_balanced_alpha, as "
+                "loss=la_ce sets it), which fills them from the training class counts"
+            )
+        if isinstance(input, Tensor) and priors.device != input.device:
+            check_device("loss.class_priors", priors, input.device)
+        return adjust_logits(input, self.logit_adjustment, priors)
 
     def _parse_alpha(self, value: Any) -> Tensor:
         device = value.device if isinstance(value, Tensor) else torch.device("cpu")
@@ -353,6 +463,8 @@ class SoftmaxFocalLoss(FocalLossBase):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """The loss of ``input`` logits (classes on dim 1) against ``target``."""
+        if self.logit_adjustment != 0.0:
+            input = self._adjusted(input)
         buffers = self._buffers
         gamma, alpha = buffers["gamma"], buffers["alpha"]
         if (
@@ -390,6 +502,12 @@ class SoftmaxFocalLoss(FocalLossBase):
             self._static_gamma,
         )  # fmt: skip
 
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.logit_adjustment != 0.0:
+            text += f", logit_adjustment={self.logit_adjustment}, class_priors={self.class_priors}"
+        return text
+
     def encode_target(self, indices: Tensor, num_classes: int) -> Tensor:
         """The target this loss takes for class ``indices``: the indices themselves."""
         return indices
@@ -402,6 +520,8 @@ class SoftmaxFocalLoss(FocalLossBase):
     def _statistics_sums(
         self, x: Tensor, target: Tensor, weight: Tensor | None
     ) -> dict[str, Tensor]:
+        if self.logit_adjustment != 0.0:
+            x = self._adjusted(x)
         if target.is_floating_point():
             target = target.argmax(dim=1)
         valid = target != self.ignore_index

@@ -72,7 +72,7 @@ def focal_loss_from(loss: LossArg, family: type[L], num_classes: int, default: L
             f"{owner} trains with a {family.__name__} (loss._target_: {_target_name(family)}), "
             f"got {type(loss).__name__}"
         )
-    for name in ("gamma", "alpha"):
+    for name in loss.value_buffers:
         value = getattr(loss, name)
         if value is not None and value.dim() == 1 and value.numel() != num_classes:
             raise ValueError(

@@ -285,3 +285,88 @@ def test_heads_that_cannot_be_matched_to_counts_are_refused(tmp_path, counts, me
     trainer = fast_trainer(tmp_path, max_steps=1, callbacks=[callback])
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(TwoHeads(), TwoHeadsData())
+
+
+class AlphaRecorder(Callback):
+    """(step, α of the focal loss or None) for every training step, as the step used it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list[float] | None]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        alpha = pl_module.focal_loss.alpha
+        self.seen.append((trainer.global_step - 1, None if alpha is None else alpha.tolist()))
+
+
+@pytest.mark.parametrize("start", [3, 0.5])
+def test_deferred_reweighting_switches_alpha_on_at_the_step(tmp_path, start):
+    # DRW (Cao et al. 2019): no α for the first half of a 6-step run, class-balanced after
+    callback, recorder = ClassBalancedAlpha(method="inverse", start=start), AlphaRecorder()
+    model = BoringFocalClassifier()
+    trainer = fast_trainer(tmp_path, max_steps=6, callbacks=[callback, recorder])
+    trainer.fit(model, ImbalancedBlobsDataModule(COUNTS))
+    w = torch.tensor([1 / 96, 1 / 24, 1 / 8])
+    expected = (w * 3 / w.sum()).tolist()
+    assert [step for step, _ in recorder.seen] == list(range(6))
+    assert [alpha for _, alpha in recorder.seen[:3]] == [None] * 3
+    for _, alpha in recorder.seen[3:]:
+        assert alpha == pytest.approx(expected, rel=1e-6)
+    assert callback.switched_at == 3
+
+
+def test_deferred_reweighting_resumes_exactly(tmp_path):
+    # a checkpoint before the switch (step 2) and after it (step 4) of a 6-step run: the
+    # resumed run has α at every step as the uninterrupted run, the switch neither repeated
+    # nor lost
+    class SaveAt(Callback):
+        def __init__(self, step, path):
+            self.step, self.path = step, path
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == self.step:
+                trainer.save_checkpoint(self.path)
+
+    def run(extra=(), ckpt=None):
+        callback, recorder = ClassBalancedAlpha(method="inverse", start=3), AlphaRecorder()
+        trainer = fast_trainer(tmp_path, max_steps=6, callbacks=[callback, recorder, *extra])
+        trainer.fit(BoringFocalClassifier(), ImbalancedBlobsDataModule(COUNTS), ckpt_path=ckpt)
+        return recorder.seen, callback
+
+    saves = [SaveAt(step, tmp_path / f"step{step}.ckpt") for step in (2, 4)]
+    whole, _ = run(saves)
+    for save in saves:
+        rest, callback = run(ckpt=str(save.path))
+        assert whole[: save.step] + rest == whole
+        assert callback.switched_at == 3
+
+
+def test_a_switch_the_run_never_reaches_is_refused(tmp_path):
+    with pytest.raises(MisconfigurationException, match=r"callbacks\.class_balanced_alpha\.start"):
+        fit(tmp_path, ClassBalancedAlpha(start=2))  # fit() runs 2 steps
+    with pytest.raises(ValueError, match="fraction"):
+        ClassBalancedAlpha(start=1.5)
+    with pytest.raises(ValueError, match="alpha=False"):
+        ClassBalancedAlpha(alpha=False, start=3)
+
+
+def test_logit_adjusted_loss_gets_priors_from_the_counts(tmp_path):
+    model = BoringFocalClassifier()
+    model.focal_loss.logit_adjustment = 1.0
+    callback = ClassBalancedAlpha(alpha=False)
+    trainer = fast_trainer(tmp_path, max_steps=2, callbacks=[callback])
+    trainer.fit(model, ImbalancedBlobsDataModule(COUNTS))
+    total = sum(COUNTS)
+    assert model.focal_loss.class_priors.tolist() == pytest.approx([n / total for n in COUNTS])
+    assert model.focal_loss.alpha is None  # alpha=False: priors only
+    # with α too (logit-adjusted, class-balanced): both set
+    model = BoringFocalClassifier()
+    model.focal_loss.logit_adjustment = 1.0
+    fast_trainer(tmp_path, max_steps=2, callbacks=[ClassBalancedAlpha()]).fit(
+        model, ImbalancedBlobsDataModule(COUNTS)
+    )
+    assert model.focal_loss.class_priors is not None and model.focal_loss.alpha is not None
+
+
+def test_priors_only_without_a_logit_adjusted_loss_is_refused(tmp_path):
+    with pytest.raises(MisconfigurationException, match="nothing to set"):
+        fit(tmp_path, ClassBalancedAlpha(alpha=False))

@@ -313,4 +313,25 @@ def test_the_train_loader_takes_this_ranks_share(trainer, shard) -> None:
     assert (sampler.num_replicas, sampler.rank) == shard
     # a DistributedSampler, so Lightning keeps it instead of swapping in its own
     assert isinstance(sampler, DistributedSampler)
-    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        if shard == (1, 0):
+            assert isinstance(loader.sampler, SequentialSampler)
+        else:  # a DistributedSampler too: Lightning keeps it (and does not warn during test())
+            assert isinstance(loader.sampler, DistributedSampler)
+            assert (loader.sampler.num_replicas, loader.sampler.rank) == shard
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluation_splits_are_sharded_without_repeats(split) -> None:
+    # 4 val / 5 test items on 2 and 3 ranks: every item on exactly one rank, in order; with
+    # Lightning's padded DistributedSampler item 200 would be evaluated twice on 2 ranks
+    for replicas in (2, 3):
+        seen = []
+        for rank in range(replicas):
+            dm = _Toy(batch_size=2)
+            dm.setup()
+            dm.trainer = _FakeTrainer({"num_replicas": replicas, "rank": rank})
+            loader = getattr(dm, f"{split}_dataloader")()
+            seen += [int(v) for (batch,) in loader for v in batch]
+        dataset = getattr(dm, f"{split}_set")
+        assert sorted(seen) == [int(v) for (v,) in dataset]
