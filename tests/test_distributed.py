@@ -67,6 +67,9 @@ def test_classifier_ddp_cpu_two_processes(tmp_path):
         "threads=1",
         "trainer.limit_val_batches=1.0",
         "logger=wandb",  # wandb (offline here) plus the CSV files read below
+        # DRW: α switches on at step 3, on both ranks at once (ddp/focal_spread below; ranks
+        # holding α of different lengths could not even all-gather)
+        "callbacks.class_balanced_alpha.start=3",
     ]
     run_cli(tmp_path, *common, "trainer.limit_test_batches=1.0")
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())

@@ -106,6 +106,31 @@ def test_experiments_select_their_loss_and_schedule():
     assert cfg.task_name == "imbalance_focal_cb_warmup"
 
 
+def test_long_tail_arms_are_one_experiment_word_each():
+    from hydra.utils import instantiate
+
+    from lightning_focal.app_utils import check_config
+
+    # logit-adjusted CE / focal: τ=1 on the loss, priors filled by the callback (no α)
+    for name, gamma in (("imbalance_la_ce", 0.0), ("imbalance_la_focal", 2.0)):
+        cfg = compose_with(f"experiment={name}")
+        check_config(cfg)
+        model = built_model(cfg, num_classes=10)
+        assert model.focal_loss.logit_adjustment == 1.0 and float(model.focal_loss.gamma) == gamma
+        assert model.focal_loss.class_priors is None and model.focal_loss.alpha is None
+        callback = instantiate(cfg.callbacks.class_balanced_alpha)
+        assert callback.alpha is False and callback.priors is True
+        assert "gamma_warmup" not in cfg.callbacks
+    # focal + DRW: class-balanced α switched on at 80 % of the steps
+    cfg = compose_with("experiment=imbalance_focal_drw")
+    check_config(cfg)
+    callback = instantiate(cfg.callbacks.class_balanced_alpha)
+    assert callback.start == 0.8 and callback.alpha is True
+    # a detector's loss has no logit adjustment: refused before anything runs, naming the key
+    with pytest.raises(Exception, match="loss.logit_adjustment"):
+        check_config(compose_with("experiment=detection", "loss=la_ce"))
+
+
 def test_detection_experiments_use_retinanet_and_fcos_the_exp_box_head():
     from torchvision.models.detection import RetinaNet
 

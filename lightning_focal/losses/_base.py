@@ -259,6 +259,7 @@ class FocalLossBase(nn.Module, abc.ABC):
         incoming = {
             n: state_dict[prefix + n] for n in self.value_buffers if prefix + n in state_dict
         }
+
         saved = {n: self._buffers.get(n) for n in incoming}
         saved_policy = self.gamma_policy
         device = self._device()
@@ -282,6 +283,12 @@ class FocalLossBase(nn.Module, abc.ABC):
                     return
                 if self._buffers[name] is not None:
                     self._buffers[name] = self._buffers[name].to(device=device, dtype=dtypes[name])
+        if incoming:
+            # a checkpoint of this loss without α (or priors) had none: adopt that too (a
+            # deferred α, DRW, switched on after the best checkpoint was written)
+            for name in self.value_buffers:
+                if name != "gamma" and name not in incoming:
+                    self._buffers[name] = None
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:

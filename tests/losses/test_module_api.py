@@ -82,6 +82,22 @@ def test_state_dict_round_trip_adopts_shapes() -> None:
     assert target.alpha.tolist() == pytest.approx([0.2, 0.3, 0.5])
 
 
+def test_a_checkpoint_without_alpha_loads_as_no_alpha() -> None:
+    # the best checkpoint of a deferred-α (DRW) run predates the switch: loading it into the
+    # module that trained on (α now set) must give α None, not "Missing key(s): alpha"
+    early = SoftmaxFocalLoss(gamma=2.0).state_dict()
+    trained = SoftmaxFocalLoss(gamma=2.0, alpha=[0.5, 1.0, 2.0])
+    trained.load_state_dict(early)
+    assert trained.alpha is None
+    priors = SoftmaxFocalLoss(logit_adjustment=1.0, class_priors=[3.0, 1.0])
+    priors.load_state_dict(SoftmaxFocalLoss(logit_adjustment=1.0).state_dict())
+    assert priors.class_priors is None
+    # a state dict with none of the loss's keys (a model saved before the loss) leaves it alone
+    untouched = SoftmaxFocalLoss(alpha=[1.0, 2.0])
+    untouched.load_state_dict({}, strict=False)
+    assert untouched.alpha.tolist() == [1.0, 2.0]
+
+
 @pytest.mark.parametrize(
     ("loss", "state", "match"),
     [
