@@ -127,7 +127,7 @@ def test_long_tail_arms_are_one_experiment_word_each():
     callback = instantiate(cfg.callbacks.class_balanced_alpha)
     assert callback.start == 0.8 and callback.alpha is True
     # a detector's loss has no logit adjustment: refused before anything runs, naming the key
-    with pytest.raises(Exception, match="loss.logit_adjustment"):
+    with pytest.raises(Exception, match=r"loss\.logit_adjustment"):
         check_config(compose_with("experiment=detection", "loss=la_ce"))
 
 
