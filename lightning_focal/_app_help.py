@@ -30,7 +30,7 @@ def group_options(group: str, _root_: Any = None) -> str:
         >>> with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         ...     cfg = compose("train", overrides=["loss=ce"], return_hydra_config=True)
         ...     group_options("loss", cfg)
-        'ce*, ce_cb, flsd53, focal, focal_alpha, focal_cb, poly1'
+        'ce*, ce_cb, flsd53, focal, focal_alpha, focal_cb, focal_drw, la_ce, la_focal, poly1'
     """
     from hydra.core.global_hydra import GlobalHydra
 

@@ -50,7 +50,7 @@ def check_arguments(target: Callable[..., Any], keys: Iterable[str], where: str)
         >>> check_arguments(SoftmaxFocalLoss, ["gama"], "loss")
         Traceback (most recent call last):
           ...
-        lightning_focal._config.ConfigError: unknown config key loss.gama: SoftmaxFocalLoss takes no argument 'gama' (did you mean 'gamma'?); it takes gamma, alpha, reduction, ignore_index, label_smoothing, poly1, num_classes
+        lightning_focal._config.ConfigError: unknown config key loss.gama: SoftmaxFocalLoss takes no argument 'gama' (did you mean 'gamma'?); it takes gamma, alpha, reduction, ignore_index, label_smoothing, poly1, logit_adjustment, class_priors, num_classes
     """
     accepted = accepted_arguments(target)
     if accepted is None:
