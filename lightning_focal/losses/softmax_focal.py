@@ -13,6 +13,7 @@ from torch import Tensor
 from ._base import AlphaArg, FocalLossBase, GammaArg
 from ._common import (
     Policy,
+    _fail_unless,
     _tracing,
     as_class_tensor,
     cached_scalar,
@@ -259,12 +260,25 @@ def _class_priors(value: Any, num_classes: int | None, device, dtype) -> Tensor:
         )
     if num_classes is not None:
         check_per_class_length("class_priors", p, num_classes, _WHERE)
-    if not _tracing() and not bool(torch.all(torch.isfinite(p) & (p > 0))):
-        raise ValueError(
+    if not _tracing():
+        message = (
             "class_priors must be finite and > 0 (log π of a class with no training samples is "
-            f"-inf: give it a small count), got {p.tolist()}"
+            "-inf: give it a small count)"
         )
+        ok = torch.all(torch.isfinite(p) & (p > 0))
+        if p.device.type != "cpu":
+            _fail_unless(ok, message)  # a queued device check: no host sync
+        elif not bool(ok):
+            raise ValueError(f"{message}, got {p.tolist()}")
     return p / p.sum()
+
+
+def _shifted(x: Tensor, tau: float | Tensor, priors: Tensor) -> Tensor:
+    """``x + τ·log π`` on the class dimension, π already checked and normalised."""
+    shift = torch.log(priors.to(compute_dtype(x.dtype))) * tau
+    if x.dim() > 2:
+        shift = shift.view(-1, *([1] * (x.dim() - 2)))
+    return x + shift
 
 
 def adjust_logits(
@@ -289,11 +303,9 @@ def adjust_logits(
     if isinstance(class_priors, Tensor) and class_priors.device != x.device:
         check_device("class_priors", class_priors, x.device)
     num_classes = x.shape[1] if x.dim() > 1 else x.shape[0]
-    priors = _class_priors(class_priors, num_classes, x.device, compute_dtype(x.dtype))
-    shift = torch.log(priors) * tau
-    if x.dim() > 2:
-        shift = shift.view(-1, *([1] * (x.dim() - 2)))
-    return x + shift
+    return _shifted(
+        x, tau, _class_priors(class_priors, num_classes, x.device, compute_dtype(x.dtype))
+    )
 
 
 def _softmax_focal_loss(
@@ -448,9 +460,15 @@ class SoftmaxFocalLoss(FocalLossBase):
                 "ClassBalancedAlpha callback (in the app: callbacks.class_balanced_alpha, as "
                 "loss=la_ce sets it), which fills them from the training class counts"
             )
-        if isinstance(input, Tensor) and priors.device != input.device:
-            check_device("loss.class_priors", priors, input.device)
-        return adjust_logits(input, self.logit_adjustment, priors)
+        x = check_logits("input", input)
+        if x.dim() == 0:
+            raise ValueError("input must have a class dimension, got a 0-d tensor")
+        check_device("loss.class_priors", priors, x.device)
+        check_per_class_length(
+            "class_priors", priors, x.shape[1] if x.dim() > 1 else x.shape[0], _WHERE
+        )
+        # checked and normalised when they were set: no second read of their values
+        return _shifted(x, self.logit_adjustment, priors)
 
     def _parse_alpha(self, value: Any) -> Tensor:
         device = value.device if isinstance(value, Tensor) else torch.device("cpu")
